@@ -18,7 +18,7 @@ from sinet_tf.registry import register_model
 
 __all__ = ["extremec3net", "extremec3net_encoder", "extremec3net_encoder_features"]
 
-PAPER = "Park et al., ExtremeC3Net, arXiv:1908.03093, 2019"
+PAPER = "ExtremeC3Net, arXiv 2019"
 
 
 def extremec3net_encoder_features(x, p=1, q=5):

@@ -20,7 +20,7 @@ from sinet_tf.registry import register_model
 
 __all__ = ["SINET_S2_CONFIG", "sinet", "sinet_encoder", "sinet_encoder_features", "information_blocking_decoder"]
 
-PAPER = "Park et al., SINet, WACV 2020"
+PAPER = "SINet, WACV 2020"
 
 # (kernel, pool) of the two S2 blocks of each S2 module: level2.0, level2.1, level3.0 .. level3.7
 # (the configuration the paper's Table 1 search found and the official checkpoint uses).

@@ -1,0 +1,172 @@
+"""The ``sinet`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_models(args):
+    import sinet_tf
+    from sinet_tf.profile import count_macs, count_params
+
+    rows = []
+    for name in sinet_tf.list_models():
+        info = sinet_tf.get_model_info(name)
+        model = sinet_tf.build_model(name)
+        rows.append({"name": name, "params": count_params(model), "macs": count_macs(model),
+                     "input_size": list(info.default_input_size), "num_classes": info.num_classes,
+                     "paper": info.paper, "description": info.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="sinet-tf models (multiply-adds at the default input size)")
+    for col, kw in [("name", {"no_wrap": True}), ("params", {"justify": "right"}),
+                    ("MACs", {"justify": "right", "no_wrap": True}), ("input", {}),
+                    ("classes", {"justify": "right"}), ("paper", {})]:
+        table.add_column(col, **kw)
+    for r in rows:
+        table.add_row(r["name"], f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f} M",
+                      "x".join(map(str, r["input_size"])), str(r["num_classes"]), r["paper"])
+    _console().print(table)
+    return 0
+
+
+def cmd_import_weights(args):
+    from sinet_tf.profile import count_params
+    from sinet_tf.weights import import_official
+
+    model = import_official(args.architecture, args.checkpoint)
+    out = Path(args.output)
+    if out.suffix != ".keras":
+        raise ValueError(f"{out}: the output must be a .keras file")
+    tmp = out.with_name(f".{out.stem}.partial.keras")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model.save(tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"imported {args.checkpoint} into {args.architecture} ({count_params(model):,} trainable "
+          f"parameters) -> {out}")
+    return 0
+
+
+def _expand_inputs(inputs):
+    from sinet_tf.io import IMAGE_SUFFIXES
+
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"{p}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+    return files
+
+
+def cmd_predict(args):
+    from rich.progress import track
+
+    from sinet_tf.inference import Segmenter
+    from sinet_tf.io import read_rgb, write_png_atomic
+
+    files = _expand_inputs(args.inputs)
+    segmenter = Segmenter(args.model, weights=args.weights)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in track(files, description="segmenting", disable=len(files) < 2):
+        mask = segmenter.mask(read_rgb(f), threshold=args.threshold)
+        dest = write_png_atomic(mask * 255, out_dir / f"{f.stem}_mask.png")
+        print(f"{f} -> {dest} (person pixels: {mask.mean():.1%})")
+    return 0
+
+
+def cmd_export(args):
+    from sinet_tf.export import export_tflite
+
+    report = export_tflite(args.source, args.output, weights=args.weights)
+    print(report.summary())
+    return 0 if (report.gpu.compatible or args.allow_cpu_ops) else 3
+
+
+def cmd_check_gpu(args):
+    from sinet_tf.export import check_gpu_compatibility
+
+    report = check_gpu_compatibility(args.tflite)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0 if report.compatible else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sinet", description="Mobile portrait segmentation: build, train, export, benchmark.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list every registered model with params and multiply-adds")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("import-weights", help="import an official PyTorch checkpoint into a .keras model")
+    p.add_argument("architecture", choices=["sinet", "extremec3net"])
+    p.add_argument("checkpoint", help="official state_dict as .npz, or the original .pth (needs PyTorch)")
+    p.add_argument("-o", "--output", required=True, help="output .keras file")
+    p.set_defaults(func=cmd_import_weights)
+
+    p = sub.add_parser("predict", help="segment photos; writes <stem>_mask.png (0/255) per photo")
+    p.add_argument("model", help=".keras, .tflite, or a registry name (with --weights)")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--weights", help="checkpoint for a registry model name (.npz, .pth, .weights.h5)")
+    p.add_argument("--threshold", type=float, default=0.5, help="person probability threshold (default 0.5)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a float32 .tflite (batch 1) with a JSON report and GPU-delegate check")
+    p.add_argument("source", help=".keras file, or a registry name (with --weights)")
+    p.add_argument("-o", "--output", required=True, help="output .tflite file")
+    p.add_argument("--weights", help="checkpoint for a registry model name (.npz, .pth, .weights.h5)")
+    p.add_argument("--allow-cpu-ops", action="store_true", help="exit 0 even if an op is not GPU-delegate compatible")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check-gpu", help="check a .tflite file against the mobile GPU delegate's op rules")
+    p.add_argument("tflite")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_gpu)
+    return parser
+
+
+def main(argv=None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"sinet {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Run a segmentation model on photos: ``.keras``, ``.tflite``, or a registry name + weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["Segmenter", "load_keras_model"]
+
+
+def load_keras_model(path: str | os.PathLike):
+    """Load a ``.keras`` file (custom layers are registered, so ``safe_mode`` stays on)."""
+    import keras
+
+    import sinet_tf  # noqa: F401  (registers the custom layers)
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a loadable Keras model ({type(e).__name__}: {e})") from e
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{path}: holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+class Segmenter:
+    """A model ready to segment RGB photos.
+
+    ``source`` is a ``.keras`` or ``.tflite`` file, or a registered model name (with
+    ``weights``: an official ``.npz``/``.pth`` checkpoint, or a ``.weights.h5`` file).
+    Photos are resized to the model's input, and the person probability is resized back.
+    """
+
+    def __init__(self, source: str | os.PathLike, weights: str | os.PathLike | None = None):
+        self.source = str(source)
+        self._tflite = None
+        self._keras = None
+        suffix = Path(self.source).suffix.lower()
+        if suffix == ".tflite":
+            from sinet_tf.export.tflite import TFLiteRunner
+
+            if weights is not None:
+                raise ValueError(f"--weights applies to Keras models, not to {self.source}")
+            self._tflite = TFLiteRunner(self.source)
+            shape = self._tflite.input_shape
+        else:
+            if suffix == ".keras":
+                self._keras = load_keras_model(self.source)
+            else:
+                from sinet_tf.registry import build_model
+
+                self._keras = build_model(self.source)
+            if weights is not None:
+                self._load_weights(weights)
+            shape = tuple(self._keras.inputs[0].shape)
+        self.input_size = (int(shape[1]), int(shape[2]))
+
+    def _load_weights(self, weights):
+        w = Path(weights)
+        if w.name.endswith(".weights.h5"):
+            if not w.is_file():
+                raise FileNotFoundError(f"weights file not found: {w}")
+            self._keras.load_weights(w)
+        else:
+            from sinet_tf.weights import load_weights
+
+            load_weights(self._keras, w)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model output for a float RGB batch ``[1, h, w, 3]`` at the model's input size."""
+        if self._tflite is not None:
+            return self._tflite(batch)
+        return np.asarray(self._keras(batch, training=False), dtype=np.float32)
+
+    def person_probability(self, image_rgb: np.ndarray) -> np.ndarray:
+        """Person probability ``float32 [H, W]`` at the photo's own size."""
+        h, w = image_rgb.shape[:2]
+        ih, iw = self.input_size
+        x = cv2.resize(image_rgb, (iw, ih), interpolation=cv2.INTER_LINEAR).astype(np.float32)[None]
+        out = self.logits(x)[0]
+        if out.shape[-1] == 1:
+            prob = 1.0 / (1.0 + np.exp(-out[..., 0]))
+        else:
+            e = np.exp(out - out.max(axis=-1, keepdims=True))
+            prob = e[..., 1] / e.sum(axis=-1)
+        return cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+    def mask(self, image_rgb: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """Binary person mask ``uint8 [H, W]`` in {0, 1}."""
+        return (self.person_probability(image_rgb) > threshold).astype(np.uint8)

@@ -1,0 +1,38 @@
+"""Image reading and writing with clear errors and atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["read_rgb", "write_png_atomic", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as ``uint8 [H, W, 3]`` RGB (greyscale and alpha images are converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise ValueError(f"{path}: cannot decode this file as an image (corrupt, truncated or not an image)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_png_atomic(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Encode ``image`` (grey, or RGB) as PNG and write it through a temporary file + rename."""
+    from sinet_tf.export.tflite import write_atomic
+
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise ValueError(f"{path}: PNG encoding failed for an array of shape {img.shape} and dtype {img.dtype}")
+    return write_atomic(buf.tobytes(), path)
