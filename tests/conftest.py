@@ -1,0 +1,40 @@
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SINET_SHARED", REPO.parent / "shared"))
+OFFICIAL = SHARED / "reference" / "official"
+HUMANSEG = SHARED / "datasets" / "humanseg290"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: tests read the shared reference data from ../shared "
+                    "(or from $SINET_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_outputs():
+    with np.load(_require(OFFICIAL / "official_outputs.npz")) as d:
+        return {k: d[k] for k in d.files}
+
+
+@pytest.fixture(scope="session")
+def sinet_checkpoint():
+    return _require(OFFICIAL / "sinet_official_state_dict.npz")
+
+
+@pytest.fixture(scope="session")
+def extremec3_checkpoint():
+    return _require(OFFICIAL / "extremec3_official_state_dict.npz")
+
+
+@pytest.fixture(scope="session")
+def humanseg():
+    return _require(HUMANSEG)

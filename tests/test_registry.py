@@ -1,0 +1,114 @@
+"""One test module over every registered model: future models join with no new test code."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import sinet_tf
+from sinet_tf.export import check_gpu_compatibility, convert_float32, TFLiteRunner
+from sinet_tf.profile import count_macs, count_params
+
+MODELS = sinet_tf.list_models()
+SMALL = (64, 64, 3)  # every registered architecture takes multiples of 32
+
+
+def _pixels(seed, shape=SMALL, batch=1):
+    return np.random.default_rng(seed).uniform(0, 255, (batch, *shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def small_model(request):
+    keras.utils.set_random_seed(0)
+    return sinet_tf.build_model(request.param, input_shape=SMALL)
+
+
+def test_registry_lists_the_foundation_models():
+    assert {"sinet", "sinet_encoder", "extremec3net", "extremec3net_encoder"} <= set(MODELS)
+
+
+def test_forward_shape_and_finite_output(small_model):
+    name = small_model.name
+    info = sinet_tf.get_model_info(name)
+    y = np.asarray(small_model(_pixels(1, batch=2), training=False))
+    assert y.shape[0] == 2 and y.shape[-1] == info.num_classes
+    stride = SMALL[0] // y.shape[1]
+    assert SMALL[0] % y.shape[1] == 0 and stride in (1, 4, 8), f"{name}: output {y.shape}"
+    assert np.isfinite(y).all()
+    assert small_model.layers[1].__class__.__name__ == "InputNormalization"
+
+
+def test_config_round_trip(small_model):
+    clone = keras.Model.from_config(small_model.get_config())
+    clone.set_weights(small_model.get_weights())
+    x = _pixels(2)
+    np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(small_model(x)), atol=1e-5)
+    assert clone.get_config() == small_model.get_config()
+
+
+def test_keras_file_round_trip_in_safe_mode(small_model, tmp_path):
+    path = tmp_path / f"{small_model.name}.keras"
+    small_model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True, compile=False)
+    x = _pixels(3)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(small_model(x)), atol=1e-5)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
+
+
+def test_one_training_step_reduces_nothing_to_nan_and_moves_weights(small_model):
+    model = keras.models.clone_model(small_model)
+    model.set_weights(small_model.get_weights())
+    classes = model.output_shape[-1]
+    out_hw = model.output_shape[1:3]
+    x = _pixels(4, batch=2)
+    y = (np.random.default_rng(5).uniform(size=(2, *out_hw, 1)) > 0.5).astype(np.float32)
+    loss = (keras.losses.BinaryCrossentropy(from_logits=True) if classes == 1
+            else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, run_eagerly=True)  # graph tracing ~30 s/model; eager is the same math
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert math.isfinite(history.history["loss"][0])
+    changed = sum(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+    assert changed == len(before), f"{len(before) - changed} trainable tensors did not move"
+
+
+def test_tflite_conversion_matches_keras_and_is_gpu_compatible(small_model):
+    data = convert_float32(small_model)
+    runner = TFLiteRunner(data)
+    assert runner.input_shape == (1, *SMALL)
+    x = _pixels(6)
+    np.testing.assert_allclose(runner(x), np.asarray(small_model(x)), atol=1e-4)
+    report = check_gpu_compatibility(data)
+    assert report.compatible, report.summary()
+
+
+def test_params_and_macs_are_reported(small_model):
+    assert count_params(small_model) > 0 and count_macs(small_model) > 0
+
+
+def test_unknown_model_name_suggests_close_names():
+    with pytest.raises(sinet_tf.UnknownModelError, match=r"did you mean 'sinet'"):
+        sinet_tf.build_model("sinett")
+    with pytest.raises(sinet_tf.UnknownModelError, match="extremec3net"):
+        sinet_tf.build_model("extremec3")
+
+
+@pytest.mark.parametrize("name,size,ok", [("sinet", 224, True), ("sinet", 200, False),
+                                          ("extremec3net", 226, False), ("extremec3net", 228, True)])
+def test_input_sizes_the_architecture_cannot_take_are_refused(name, size, ok):
+    if ok:
+        sinet_tf.build_model(name, input_shape=(size, size, 3))
+    else:
+        with pytest.raises(ValueError, match=rf"{size}x{size}.*multiples of"):
+            sinet_tf.build_model(name, input_shape=(size, size, 3))
+
+
+def test_builder_options_change_the_network():
+    assert sinet_tf.build_model("sinet", num_classes=3).output_shape[-1] == 3
+    deeper = count_params(sinet_tf.build_model("sinet", q=10))
+    wider = count_params(sinet_tf.build_model("sinet", chnn=2))
+    assert deeper > 86_910 and wider > 86_910
+    assert count_params(sinet_tf.build_model("extremec3net", q=3)) < 37_738
+    with pytest.raises(ValueError, match="s2_config has 1 modules"):
+        sinet_tf.build_model("sinet", s2_config=[[(3, 1), (3, 1)]])
