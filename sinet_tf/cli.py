@@ -121,6 +121,19 @@ def cmd_check_gpu(args):
     return 0 if report.compatible else 3
 
 
+def cmd_data_check(args):
+    from sinet_tf.data.readers import check_dataset
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    report = check_dataset(args.source, split=args.split, classes=classes, ignore_index=args.ignore_index,
+                           mattes=args.mattes)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary(max_listed=len(report.problems) + len(report.warnings)))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sinet", description="Mobile portrait segmentation: build, train, export, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tflite")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_gpu)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("check", help="decode every image/mask pair once; report statistics and every problem "
+                                          "(exit 0: no problems, 1: problems, 2: unusable dataset)")
+    p.add_argument("source", help="dataset folder or list file (images/+masks/, list of pairs, EG1800, mattes)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="split to check (e.g. train.txt, images/train/)")
+    p.add_argument("--classes", help="comma-separated class names for multi-class label maps "
+                                     "(default: background,person)")
+    p.add_argument("--ignore-index", type=int, default=255, help="label value to ignore (default 255)")
+    p.add_argument("--mattes", action="store_true", help="treat every mask as an alpha matte (person = value >= 128)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_data_check)
     return parser
 
 
