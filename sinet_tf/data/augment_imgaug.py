@@ -1,0 +1,94 @@
+"""Backend ``imgaug`` of PortraitNet's augmentation (the original Keras SINet recipe's library).
+
+The same :class:`~sinet_tf.data.augment.PortraitNetAugmentation` spec expressed with imgaug
+augmenters, run through ``tf.numpy_function``. imgaug 0.4.0 only imports with ``numpy<2``:
+install the extra in its own environment, ``pip install ".[imgaug]"``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from sinet_tf.data.augment import PortraitNetAugmentation
+
+__all__ = ["import_imgaug", "build_augmenters", "augment_numpy", "imgaug_map_fn"]
+
+# The Gaussian with the variance of OpenCV's k-tap binomial kernel ((k - 1) / 4).
+_BLUR_SIGMA = {3: 0.5 ** 0.5, 5: 1.0}
+
+
+def import_imgaug():
+    try:
+        import imgaug  # noqa: F401
+        import imgaug.augmenters as iaa
+    except (ImportError, AttributeError) as e:
+        raise ImportError(
+            "the 'imgaug' augmentation backend needs imgaug 0.4.0, which imports only with numpy<2 "
+            f"({type(e).__name__}: {e}). Install it in a separate environment with "
+            "`pip install \".[imgaug]\"`, or use backend='tf'.") from None
+    return iaa
+
+
+def build_augmenters(spec: PortraitNetAugmentation):
+    """``(geometric, texture)`` imgaug augmenters for ``spec``."""
+    iaa = import_imgaug()
+    p = spec.texture_prob
+    geometric = iaa.Sequential([
+        iaa.Fliplr(spec.flip_prob),
+        iaa.Affine(scale=spec.scale, rotate=spec.rotation_deg,
+                   translate_percent={"x": spec.translate, "y": spec.translate},
+                   order=1, cval=spec.image_fill, mode="constant"),
+    ])
+    texture = iaa.Sequential([
+        iaa.Sometimes(p, iaa.AdditiveGaussianNoise(scale=spec.noise_sigma)),
+        iaa.Sometimes(p, iaa.GaussianBlur(sigma=[_BLUR_SIGMA[k] for k in spec.blur_kernels])),
+        iaa.Sometimes(p, iaa.pillike.EnhanceColor(spec.color)),
+        iaa.Sometimes(p, iaa.pillike.EnhanceBrightness(spec.brightness)),
+        iaa.Sometimes(p, iaa.pillike.EnhanceContrast(spec.contrast)),
+        iaa.Sometimes(p, iaa.pillike.EnhanceSharpness(spec.sharpness)),
+    ])
+    return geometric, texture
+
+
+def augment_numpy(image, label, seed, out_hw, spec: PortraitNetAugmentation, two_views=False):
+    """Augment one ``uint8`` photo and label with imgaug; deterministic in ``seed`` (an int)."""
+    from imgaug.augmentables.segmaps import SegmentationMapsOnImage
+
+    h, w = out_hw
+    image = cv2.resize(np.asarray(image, np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
+    label = cv2.resize(np.asarray(label, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    geometric, texture = build_augmenters(spec)  # per call: augmenters are not thread-safe
+    geometric.seed_(int(seed) % (2 ** 31))
+    texture.seed_((int(seed) * 7919 + 1) % (2 ** 31))
+    plain, segmap = geometric(image=image, segmentation_maps=SegmentationMapsOnImage(label.astype(np.int32), image.shape))
+    label_out = segmap.get_arr().astype(np.uint8)
+    if spec.label_fill != 0:
+        raise ValueError("the imgaug backend pads labels with 0 only")
+    textured = texture(image=plain)
+    out = [textured.astype(np.float32)]
+    if two_views:
+        out.append(plain.astype(np.float32))
+    return (*out, label_out)
+
+
+def imgaug_map_fn(spec: PortraitNetAugmentation, out_hw, two_views=False):
+    """A ``tf.data`` map function ``(image, label, seed[2]) -> (image, [plain,] label)``."""
+    import tensorflow as tf
+
+    import_imgaug()  # fail early, with the install hint
+    h, w = int(out_hw[0]), int(out_hw[1])
+
+    def _np(image, label, seed):
+        s = int(np.asarray(seed).astype(np.uint64)[0] % np.uint64(2 ** 31))
+        return augment_numpy(image, label, s, out_hw, spec, two_views)
+
+    def _map(image, label, seed):
+        types = [tf.float32, tf.float32, tf.uint8] if two_views else [tf.float32, tf.uint8]
+        outs = tf.numpy_function(_np, [image, label, seed], types, stateful=False)
+        for t in outs[:-1]:
+            t.set_shape([h, w, 3])
+        outs[-1].set_shape([h, w])
+        return tuple(outs)
+
+    return _map
