@@ -156,10 +156,17 @@ def test_same_seed_same_batches_different_seed_different_batches():
     assert not all(np.array_equal(p[0], q[0]) for p, q in zip(a, c))
 
 
-def test_each_epoch_draws_new_augmentations():
-    ds = make_pipeline(_blob_source(4), (64, 64), 4, seed=5, shuffle=False)
-    first, second = _batches(ds), _batches(ds)
-    assert not np.array_equal(first[0][0], second[0][0])
+def test_each_epoch_draws_new_augmentations_and_resuming_repeats_them():
+    src = _blob_source(4)
+    three = _batches(make_pipeline(src, (64, 64), 2, seed=5, epochs=3))
+    assert len(three) == 6  # 2 batches per epoch, none straddles two epochs
+    assert not np.array_equal(three[0][0], three[2][0])  # epoch 1 differs from epoch 0
+    resumed = _batches(make_pipeline(src, (64, 64), 2, seed=5, epochs=3, initial_epoch=2))
+    for (x, y), (rx, ry) in zip(three[4:], resumed):
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+    again = _batches(make_pipeline(src, (64, 64), 2, seed=5, epochs=3))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(three, again))
 
 
 def test_pipeline_shapes_two_views_and_label_stride():
