@@ -134,6 +134,38 @@ def cmd_data_check(args):
     return 0 if report.ok else 1
 
 
+def cmd_train(args):
+    from sinet_tf.train import load_recipe, train
+
+    config = load_recipe(args.config, overrides=args.overrides, data=args.data)
+    if args.strategy:
+        config.strategy = args.strategy
+    output = args.output or str(Path("runs") / Path(args.config).stem)
+    summary = train(config, output, resume=args.resume, verbose=args.verbose)
+    for st in summary["stages"]:
+        print(f"[{st['name']}] {st['model']}: {st['epochs']} epochs, best val person IoU "
+              f"{st['best_val_person_iou']} (epoch {st['best_epoch']}), {st['images_per_s']} images/s -> {st['best']}")
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args):
+    from sinet_tf.evaluate import evaluate
+
+    split = None if args.split == "none" else args.split
+    result = evaluate(args.model, args.data, split=split, weights=args.weights,
+                      boundary_width=args.boundary_width, gallery=args.gallery, worst=args.worst,
+                      progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['model']} on {result['data']} ({result['split']}, {result['n_images']} images): "
+              f"person IoU {result['person_iou']:.4f}, mIoU {result['miou']:.4f}, "
+              f"pixel accuracy {result['pixel_accuracy']:.4f}, boundary F {result['boundary_f']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sinet", description="Mobile portrait segmentation: build, train, export, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +199,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tflite")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_gpu)
+
+    p = sub.add_parser("train", help="train with a recipe from training/ (resumable)")
+    p.add_argument("--config", required=True, help="recipe YAML, e.g. training/sinet.yaml")
+    p.add_argument("--data", help="dataset folder or list file, or synthetic[:N] (overrides the recipe)")
+    p.add_argument("-o", "--output", help="run folder (default runs/<recipe>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output folder")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"])
+    p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
+                   help="Keras progress: auto, 0, 1 (bar) or 2 (a line per epoch)")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides (stage.key=value for one stage)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="person IoU, mIoU, pixel accuracy and boundary F on a dataset")
+    p.add_argument("model", help=".keras, .tflite, or a registry name (with --weights)")
+    p.add_argument("--data", required=True, help="dataset folder or list file, or synthetic[:N]")
+    p.add_argument("--split", default="val", help="split to evaluate (default val; 'none' for the whole folder)")
+    p.add_argument("--weights", help="checkpoint for a registry model name")
+    p.add_argument("--boundary-width", type=int, default=3, help="boundary F tolerance in pixels (default 3)")
+    p.add_argument("--gallery", help="write overlays of the worst images into this folder")
+    p.add_argument("--worst", type=int, default=8, help="how many worst images the gallery shows")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -41,6 +41,7 @@ class Segmenter:
         self.source = str(source)
         self._tflite = None
         self._keras = None
+        self._keras_fn = None
         suffix = Path(self.source).suffix.lower()
         if suffix == ".tflite":
             from sinet_tf.export.tflite import TFLiteRunner
@@ -76,7 +77,11 @@ class Segmenter:
         """Raw model output for a float RGB batch ``[1, h, w, 3]`` at the model's input size."""
         if self._tflite is not None:
             return self._tflite(batch)
-        return np.asarray(self._keras(batch, training=False), dtype=np.float32)
+        if self._keras_fn is None:
+            import tensorflow as tf
+
+            self._keras_fn = tf.function(lambda x: self._keras(x, training=False), reduce_retracing=True)
+        return np.asarray(self._keras_fn(batch), dtype=np.float32)
 
     def person_probability(self, image_rgb: np.ndarray) -> np.ndarray:
         """Person probability ``float32 [H, W]`` at the photo's own size."""

@@ -43,7 +43,10 @@ def depthwise_conv2d(x, kernel_size, strides=1, dilation=1, use_bias=False, name
 
 
 def batch_norm(x, name, epsilon=1e-3):
-    return keras.layers.BatchNormalization(epsilon=epsilon, momentum=PYTORCH_BN_MOMENTUM, name=name)(x)
+    """BatchNorm whose training statistics are those of the *global* batch under
+    ``tf.distribute`` (``synchronized``), so multi-device training computes what one device would."""
+    return keras.layers.BatchNormalization(epsilon=epsilon, momentum=PYTORCH_BN_MOMENTUM, synchronized=True,
+                                           name=name)(x)
 
 
 def prelu(x, name):

@@ -1,0 +1,66 @@
+"""``sinet evaluate``: score a model on a dataset the way portrait papers do.
+
+Each photo is resized to the model's input, predicted, the person probability resized
+back to the photo, thresholded at 0.5 (argmax for two classes) and scored against the
+full-size ground truth (:class:`sinet_tf.metrics.SegmentationMetrics`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["evaluate"]
+
+
+def evaluate(model, data, split: str | None = "val", weights=None, boundary_width: int = 3,
+             gallery: str | Path | None = None, worst: int = 8, progress: bool = False) -> dict:
+    """Metrics of ``model`` (``.keras``, ``.tflite``, registry name + ``weights``, or a
+    :class:`~sinet_tf.inference.Segmenter`) on ``data`` (a dataset path or ``synthetic``)."""
+    from sinet_tf.inference import Segmenter
+    from sinet_tf.metrics import SegmentationMetrics
+    from sinet_tf.train.trainer import open_source
+
+    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, weights=weights)
+    source = open_source(data, split, seed=0)
+    if len(source) == 0:
+        raise ValueError(f"{data}: no images to evaluate")
+    metrics = SegmentationMetrics(num_classes=2, ignore_index=source.ignore_index, boundary_width=boundary_width)
+    indices = range(len(source))
+    if progress:
+        from rich.progress import track
+
+        indices = track(indices, description=f"evaluating on {len(source)} images")
+    for i in indices:
+        image, label = source.read(i)
+        metrics.update(segmenter.mask(image), label)
+    result = metrics.result()
+    out = {"model": str(getattr(segmenter, "source", model)), "data": str(data), "split": split,
+           **{k: float(result[k]) for k in ("person_iou", "miou", "pixel_accuracy", "boundary_f")},
+           "n_images": int(result["n_images"])}
+    if gallery:
+        out["gallery"] = _write_gallery(Path(gallery), source, segmenter, result["per_image_iou"], worst)
+    return out
+
+
+def _write_gallery(folder: Path, source, segmenter, ious, worst: int) -> list[str]:
+    from sinet_tf.io import write_png_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for rank, i in enumerate(np.argsort(ious)[:worst]):
+        image, label = source.read(int(i))
+        mask = segmenter.mask(image).astype(bool)
+        truth = label == 1
+        overlay = image.astype(np.float32)
+        overlay[mask & ~truth] = 0.5 * overlay[mask & ~truth] + [127, 0, 0]      # false positive: red
+        overlay[~mask & truth] = 0.5 * overlay[~mask & truth] + [0, 0, 127]      # missed: blue
+        overlay[mask & truth] = 0.6 * overlay[mask & truth] + [0, 102, 0]         # correct: green
+        h = 320
+        w = int(round(image.shape[1] * h / image.shape[0]))
+        tile = cv2.resize(np.concatenate([image, overlay.astype(np.uint8)], axis=1), (2 * w, h))
+        name = f"{rank:02d}_iou{ious[i]:.3f}_{Path(source.describe(int(i)).split()[0]).stem}.png"
+        written.append(str(write_png_atomic(tile, folder / name)))
+    return written

@@ -1,0 +1,182 @@
+"""Recipes, the resumable trainer, and tf.distribute."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sinet_tf.train import RecipeError, TrainingError, load_recipe, train
+from sinet_tf.train.config import RECIPE_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPE_DIR.glob("*.yaml")))
+def test_every_shipped_recipe_loads(recipe):
+    config = load_recipe(RECIPE_DIR / recipe)
+    assert config.stages and all(s.epochs >= 1 and s.batch_size >= 1 for s in config.stages)
+
+
+def test_sinet_recipe_is_the_papers_schedule():
+    enc, full = load_recipe(RECIPE_DIR / "sinet.yaml").stages
+    assert (enc.model, enc.batch_size, enc.label_stride) == ("sinet_encoder", 36, 8)
+    assert "window=5" in enc.loss and "window=15" in full.loss
+    assert (full.model, full.batch_size, full.init) == ("sinet", 24, "stage:encoder")
+    for s in (enc, full):
+        assert (s.learning_rate, s.lr_milestones, s.lr_factor, s.epochs) == (5e-4, (150, 250), 0.5, 300)
+        assert s.weight_decay == 2e-4 and s.weight_decay_exclude == ("depthwise_kernel",)
+
+
+def test_overrides_apply_globally_or_to_one_stage():
+    config = load_recipe(RECIPE_DIR / "sinet.yaml", overrides=["epochs=3", "full.batch_size=4", "seed=7"])
+    assert [s.epochs for s in config.stages] == [3, 3]
+    assert [s.batch_size for s in config.stages] == [36, 4] and config.seed == 7
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown recipe key 'epochz'; did you mean 'epochs'"):
+        load_recipe(_recipe(tmp_path, "model: sinet\nepochz: 3\n"))
+    with pytest.raises(RecipeError, match=r"unknown key 'batchsize' in stage 'a'; did you mean 'batch_size'"):
+        load_recipe(_recipe(tmp_path, "stages:\n  - name: a\n    batchsize: 3\n"))
+    with pytest.raises(RecipeError, match="learnig_rate"):
+        load_recipe(RECIPE_DIR / "default.yaml", overrides=["learnig_rate=0.1"])
+
+
+def test_unknown_model_and_bad_stage_references(tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown model 'sinett'.*did you mean 'sinet'"):
+        load_recipe(_recipe(tmp_path, "model: sinett\n"))
+    with pytest.raises(RecipeError, match="not an earlier stage"):
+        load_recipe(_recipe(tmp_path, "stages:\n  - name: a\n    init: 'stage:b'\n"))
+    with pytest.raises(RecipeError, match="recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def _tiny(tmp_path, **over):
+    over = {"data": "synthetic:8", "model": "sinet_encoder", "input_size": [64, 64], "batch_size": 4,
+            "epochs": 3, "lr_milestones": [2], "run_eagerly": True, **over}
+    return load_recipe(RECIPE_DIR / "default.yaml", overrides=over)
+
+
+def test_errors_before_any_training_starts(tmp_path):
+    with pytest.raises(TrainingError, match=r"batch_size 16 is larger than the training set \(8 examples"):
+        train(_tiny(tmp_path, batch_size=16), tmp_path / "run1", log=lambda *a: None)
+    assert not (tmp_path / "run1").exists()
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        train(_tiny(tmp_path, data=str(empty)), tmp_path / "run2", log=lambda *a: None)
+    assert not (tmp_path / "run2").exists()
+    with pytest.raises(ValueError, match="unknown loss 'cee'"):
+        train(_tiny(tmp_path, loss="cee"), tmp_path / "run3", log=lambda *a: None)
+
+
+class _Kill(Exception):
+    pass
+
+
+def _killer(epoch, batch):
+    import keras
+
+    class Kill(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch = None
+
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if self.epoch == epoch and b == batch:
+                raise _Kill(f"killed in epoch {epoch + 1} after batch {batch + 1}")
+
+    return Kill()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_killed_and_resumed_run_has_the_same_history(tmp_path):
+    import keras
+
+    quiet = dict(verbose=0, log=lambda *a: None)
+    full = train(_tiny(tmp_path), tmp_path / "full", **quiet)
+    with pytest.raises(_Kill):
+        train(_tiny(tmp_path), tmp_path / "killed", extra_callbacks=[_killer(epoch=2, batch=0)], **quiet)
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())
+    assert state["epoch"] == 2  # epoch 3 was not committed
+    keras.models.load_model(tmp_path / "killed" / "train" / "best.keras")  # never a partial file
+    assert not list((tmp_path / "killed" / "train").glob(".*partial*"))
+    with pytest.raises(TrainingError, match="pass --resume"):
+        train(_tiny(tmp_path), tmp_path / "killed", **quiet)
+    resumed = train(_tiny(tmp_path), tmp_path / "killed", resume=True, **quiet)
+    a, b = full["stages"][0]["history"], resumed["stages"][0]["history"]
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2, 3]
+    for key in ("loss", "person_iou", "val_loss", "val_person_iou", "learning_rate"):
+        np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=1e-5, err_msg=key)
+    assert a[2]["learning_rate"] == pytest.approx(a[0]["learning_rate"] * 0.5)  # the milestone at epoch 2
+    with pytest.raises(TrainingError, match="another recipe configuration"):
+        train(_tiny(tmp_path, epochs=4), tmp_path / "killed", resume=True, **quiet)
+
+
+MIRRORED_STEP = r"""
+import os, json, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+import sinet_tf
+from sinet_tf.losses import build_loss
+from sinet_tf.metrics import PersonIoU
+from sinet_tf.train.trainer import AdamL2, make_strategy
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+y = (rng.uniform(size=(4, 4, 4)) > 0.5).astype("uint8")
+results = {}
+for name in ("default", "mirrored"):
+    strategy = make_strategy(name)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = sinet_tf.build_model("sinet_encoder", input_shape=(32, 32, 3))
+        # epsilon=1: the update stays proportional to the gradient (Adam's first step with a tiny
+        # epsilon is lr * sign(g), which turns float-order noise in near-zero gradients into lr)
+        opt = AdamL2(learning_rate=1e-2, epsilon=1.0, l2=2e-4, l2_exclude=("depthwise_kernel",))
+        model.compile(optimizer=opt, loss=build_loss("ce + 1.0 * boundary(window=5)"), metrics=[PersonIoU()],
+                      run_eagerly=True)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    model.fit(ds, epochs=1, verbose=0)
+    results[name] = (strategy.num_replicas_in_sync, [w.numpy() for w in model.weights])
+n0, w0 = results["default"]
+n1, w1 = results["mirrored"]
+diff = max(float(np.abs(a - b).max()) for a, b in zip(w0, w1))
+keras.utils.set_random_seed(0)
+init = [v.numpy() for v in sinet_tf.build_model("sinet_encoder", input_shape=(32, 32, 3)).weights]
+moved = max(float(np.abs(a - b).max()) for a, b in zip(w0, init))
+print(json.dumps({"replicas": [n0, n1], "max_weight_diff": diff, "max_update": moved}))
+"""
+
+
+def test_mirrored_step_equals_single_device_step():
+    """One training step (loss, L2, synchronized BatchNorm, Adam) on two logical CPU devices
+    gives the weights a single device gives."""
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_STEP], capture_output=True, text=True, cwd=REPO,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == [1, 2]
+    assert result["max_update"] > 1e-3, result  # the step did move the weights
+    assert result["max_weight_diff"] < 1e-3 * result["max_update"], result
+
+
+def test_command_line_overrides_win_over_stage_values():
+    config = load_recipe(RECIPE_DIR / "sinet_finetune.yaml", overrides=["epochs=5", "lr_milestones=[3]"])
+    assert config.stages[0].epochs == 5 and config.stages[0].lr_milestones == (3,)
