@@ -50,21 +50,12 @@ def cmd_models(args):
 
 
 def cmd_import_weights(args):
+    from sinet_tf.io import save_keras_atomic
     from sinet_tf.profile import count_params
     from sinet_tf.weights import import_official
 
     model = import_official(args.architecture, args.checkpoint)
-    out = Path(args.output)
-    if out.suffix != ".keras":
-        raise ValueError(f"{out}: the output must be a .keras file")
-    tmp = out.with_name(f".{out.stem}.partial.keras")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        model.save(tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    out = save_keras_atomic(model, args.output)
     print(f"imported {args.checkpoint} into {args.architecture} ({count_params(model):,} trainable "
           f"parameters) -> {out}")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["read_rgb", "write_png_atomic", "IMAGE_SUFFIXES"]
+__all__ = ["read_rgb", "write_png_atomic", "save_keras_atomic", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -36,3 +36,19 @@ def write_png_atomic(image: np.ndarray, path: str | os.PathLike) -> Path:
     if not ok:
         raise ValueError(f"{path}: PNG encoding failed for an array of shape {img.shape} and dtype {img.dtype}")
     return write_atomic(buf.tobytes(), path)
+
+
+def save_keras_atomic(model, path: str | os.PathLike) -> Path:
+    """``model.save`` to a temporary ``.keras`` file beside ``path``, then rename over it."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: the output must be a .keras file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -8,7 +8,7 @@ import keras
 
 from sinet_tf.layers.s2 import GroupedPointwiseConv
 
-__all__ = ["count_params", "count_macs"]
+__all__ = ["count_params", "count_macs", "iter_layers"]
 
 
 def count_params(model: keras.Model) -> int:
@@ -16,10 +16,11 @@ def count_params(model: keras.Model) -> int:
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
 
 
-def _iter_layers(model):
+def iter_layers(model):
+    """Every leaf layer of a model, descending into nested models."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _iter_layers(layer)
+            yield from iter_layers(layer)
         else:
             yield layer
 
@@ -34,7 +35,7 @@ def count_macs(model: keras.Model) -> int:
     times the size of its kernel tensor (for a transposed conv, the input's spatial size).
     """
     total = 0
-    for layer in _iter_layers(model):
+    for layer in iter_layers(model):
         if isinstance(layer, keras.layers.SeparableConv2D):
             kernels = [layer.depthwise_kernel, layer.pointwise_kernel]
         elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Conv2DTranspose,

@@ -38,3 +38,20 @@ def extremec3_checkpoint():
 @pytest.fixture(scope="session")
 def humanseg():
     return _require(HUMANSEG)
+
+
+def make_blob_source(n=6, seed=0, size_range=(150, 300)):
+    """Photos built from their masks (person = bright ellipse, background dark), sizes varying."""
+    import cv2
+
+    from sinet_tf.data.base import ArraySource
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(*size_range, 2))
+        label = np.zeros((h, w), np.uint8)
+        cv2.ellipse(label, (w // 2, h // 2), (w // 4, h // 3), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        images.append(np.repeat((label * 200 + 20)[..., None], 3, -1).astype(np.uint8))
+        labels.append(label)
+    return ArraySource(images, labels, name="blobs")

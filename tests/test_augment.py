@@ -10,21 +10,9 @@ from sinet_tf.data.augment import (
     PortraitNetAugmentation, geometric_transform, sample_params, texture_transform)
 from sinet_tf.data.base import ArraySource
 from sinet_tf.data.pipeline import make_pipeline
+from conftest import make_blob_source as _blob_source
 
 SPEC = PortraitNetAugmentation()
-
-
-def _blob_source(n=6, seed=0):
-    """Photos built from their masks: person = bright disc/ellipse, background dark."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for _ in range(n):
-        h, w = (int(v) for v in rng.integers(150, 300, 2))
-        label = np.zeros((h, w), np.uint8)
-        cv2.ellipse(label, (w // 2, h // 2), (w // 4, h // 3), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        images.append(np.repeat((label * 200 + 20)[..., None], 3, -1).astype(np.uint8))
-        labels.append(label)
-    return ArraySource(images, labels, name="blobs")
 
 
 def _params(**kw):

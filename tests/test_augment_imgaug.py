@@ -10,6 +10,7 @@ import pytest
 
 from sinet_tf.data.augment import PortraitNetAugmentation
 from sinet_tf.data.pipeline import make_pipeline
+from conftest import make_blob_source as _blobs
 
 try:
     import imgaug  # noqa: F401
@@ -19,22 +20,6 @@ except (ImportError, AttributeError):  # AttributeError: np.sctypes is gone in n
     HAVE_IMGAUG = False
 
 needs_imgaug = pytest.mark.skipif(not HAVE_IMGAUG, reason="imgaug needs numpy<2: run in the imgaug environment")
-
-
-def _blobs(n=6):
-    import cv2
-
-    from sinet_tf.data.base import ArraySource
-
-    rng = np.random.default_rng(0)
-    images, labels = [], []
-    for _ in range(n):
-        h, w = (int(v) for v in rng.integers(150, 260, 2))
-        label = np.zeros((h, w), np.uint8)
-        cv2.ellipse(label, (w // 2, h // 2), (w // 4, h // 3), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        images.append(np.repeat((label * 200 + 20)[..., None], 3, -1).astype(np.uint8))
-        labels.append(label)
-    return ArraySource(images, labels, name="blobs")
 
 
 @pytest.mark.skipif(HAVE_IMGAUG, reason="imgaug is importable here")
@@ -62,8 +47,11 @@ def test_imgaug_backend_keeps_mask_and_image_aligned():
             padded = np.abs(g - 128) < 1e-3
             disagree = ((g > 120) != (lbl == 1)) & ~padded
             boundary = cv2.Canny(lbl * 255, 1, 1) | cv2.Canny(padded.astype(np.uint8) * 255, 1, 1)
-            edges = cv2.dilate(boundary, np.ones((3, 3), np.uint8)) > 0
+            # imgaug blends photo, background and its 128 fill over up to 2 px where the person
+            # meets the photo's frame, hence a 5x5 neighbourhood (the tf backend's test uses 3x3)
+            edges = cv2.dilate(boundary, np.ones((5, 5), np.uint8)) > 0
             assert not (disagree & ~edges).any()
+            assert disagree.mean() < 0.02
 
 
 @needs_imgaug

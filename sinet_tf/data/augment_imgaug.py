@@ -80,7 +80,9 @@ def imgaug_map_fn(spec: PortraitNetAugmentation, out_hw, two_views=False):
     h, w = int(out_hw[0]), int(out_hw[1])
 
     def _np(image, label, seed):
-        s = int(np.asarray(seed).astype(np.uint64)[0] % np.uint64(2 ** 31))
+        run_seed, example = (int(v) for v in np.asarray(seed, np.int64))
+        # one integer from the (run seed, example) pair: every example draws differently
+        s = int(np.random.SeedSequence([run_seed % 2 ** 32, example % 2 ** 63]).generate_state(1)[0] % 2 ** 31)
         return augment_numpy(image, label, s, out_hw, spec, two_views)
 
     def _map(image, label, seed):

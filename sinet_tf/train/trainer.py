@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from sinet_tf.io import save_keras_atomic
 from sinet_tf.train.config import StageConfig, TrainConfig
 
 __all__ = ["AdamL2", "make_strategy", "open_source", "transfer_weights", "train", "TrainingError"]
@@ -123,16 +124,6 @@ def _atomic_text(path: Path, text: str):
     write_atomic(text.encode(), path)
 
 
-def _atomic_save(model: keras.Model, path: Path):
-    tmp = path.with_name(f".{path.stem}.partial.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class _RunState(keras.callbacks.Callback):
     """Commits every epoch: last.keras, best.keras when improved, history.csv, then state.json."""
 
@@ -151,11 +142,11 @@ class _RunState(keras.callbacks.Callback):
         logs["seconds"] = round(time.perf_counter() - self._t0, 2)
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.history.append(logs)
-        _atomic_save(self.model, self.stage_dir / "last.keras")
+        save_keras_atomic(self.model, self.stage_dir / "last.keras")
         value = logs.get(self.monitor)
         best = self.state.get("best")
         if value is not None and (best is None or value > best):
-            _atomic_save(self.model, self.stage_dir / "best.keras")
+            save_keras_atomic(self.model, self.stage_dir / "best.keras")
             self.state["best"], self.state["best_epoch"] = value, epoch + 1
         _write_history(self.stage_dir / "history.csv", self.history)
         self.state["epoch"] = epoch + 1

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from sinet_tf.layers.s2 import GroupedPointwiseConv
+from sinet_tf.profile import iter_layers
 
 __all__ = ["WeightImportError", "read_state_dict", "assign_state_dict", "load_weights", "import_official"]
 
@@ -100,14 +101,6 @@ def _layer_tensors(layer):
     return []
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
-
-
 def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], strict: bool = True,
                       source: str = "checkpoint") -> list[str]:
     """Copy a PyTorch ``state_dict`` into ``model`` by layer name.
@@ -118,11 +111,11 @@ def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], str
     Nothing is assigned unless every tensor fits.
     """
     sd = dict(state_dict)
-    names = [layer.name for layer in _all_layers(model)]
+    names = [layer.name for layer in iter_layers(model)]
     if "encoder.level1.conv" in names and "encoder.level1.conv.weight" not in sd and "level1.conv.weight" in sd:
         sd = {f"encoder.{k}": v for k, v in sd.items()}  # a stage-1 encoder saved on its own
     plan = []
-    for layer in _all_layers(model):
+    for layer in iter_layers(model):
         for var, key, convert in _layer_tensors(layer):
             if key not in sd:
                 close = [k for k in sd if k.rsplit(".", 1)[0] == layer.name]
