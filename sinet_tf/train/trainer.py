@@ -246,11 +246,10 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
 
     # Open and check every stage's data before any training starts.
     train_source = open_source(config.data, config.train_split, config.seed, config.on_bad_sample)
-    val_source = open_source(config.val_data or config.data, config.val_split if config.val_data is None
-                             else config.val_split, config.seed, config.on_bad_sample)
+    val_source = open_source(config.val_data or config.data, config.val_split, config.seed, config.on_bad_sample)
+    if len(train_source) == 0 or len(val_source) == 0:
+        raise TrainingError(f"training data {config.data!r}: the training or validation split is empty")
     for stage in config.stages:
-        if len(train_source) == 0:
-            raise TrainingError(f"training data {config.data!r} is empty")
         if stage.batch_size > len(train_source):
             raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} is larger than the training "
                                 f"set ({len(train_source)} examples in {config.data!r})")
