@@ -180,3 +180,8 @@ def test_mirrored_step_equals_single_device_step():
 def test_command_line_overrides_win_over_stage_values():
     config = load_recipe(RECIPE_DIR / "sinet_finetune.yaml", overrides=["epochs=5", "lr_milestones=[3]"])
     assert config.stages[0].epochs == 5 and config.stages[0].lr_milestones == (3,)
+
+
+def test_two_view_training_is_refused_clearly(tmp_path):
+    with pytest.raises(TrainingError, match="two_views training"):
+        train(_tiny(tmp_path, two_views=True), tmp_path / "run", log=lambda *a: None)

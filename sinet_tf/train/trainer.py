@@ -235,6 +235,16 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
     if resume and not state:
         log(f"nothing to resume in {run_dir}: starting from the beginning")
 
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(config, run_dir, state, resume, verbose, log, extra_callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
+    state_path = run_dir / "state.json"
+    config_dict = config.to_dict()
     keras.utils.set_random_seed(config.seed)
     # The pipeline is already shuffled per epoch and holds exactly epochs x steps batches.
     warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
@@ -250,6 +260,9 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
     if len(train_source) == 0 or len(val_source) == 0:
         raise TrainingError(f"training data {config.data!r}: the training or validation split is empty")
     for stage in config.stages:
+        if stage.two_views:
+            raise TrainingError(f"stage {stage.name!r}: two_views training (PortraitNet's consistency loss "
+                                "between the textured and the plain view) is not implemented in the trainer yet")
         if stage.batch_size > len(train_source):
             raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} is larger than the training "
                                 f"set ({len(train_source)} examples in {config.data!r})")
