@@ -80,8 +80,10 @@ class Segmenter:
         if self._keras_fn is None:
             import tensorflow as tf
 
+            # the first output is the mask logits (a PortraitNet edge head, if any, comes second)
             self._keras_fn = tf.function(lambda x: self._keras(x, training=False), reduce_retracing=True)
-        return np.asarray(self._keras_fn(batch), dtype=np.float32)
+        out = self._keras_fn(batch)
+        return np.asarray(out[0] if isinstance(out, (list, tuple)) else out, dtype=np.float32)
 
     def person_probability(self, image_rgb: np.ndarray) -> np.ndarray:
         """Person probability ``float32 [H, W]`` at the photo's own size."""

@@ -182,6 +182,40 @@ def test_command_line_overrides_win_over_stage_values():
     assert config.stages[0].epochs == 5 and config.stages[0].lr_milestones == (3,)
 
 
-def test_two_view_training_is_refused_clearly(tmp_path):
-    with pytest.raises(TrainingError, match="two_views training"):
-        train(_tiny(tmp_path, two_views=True), tmp_path / "run", log=lambda *a: None)
+@pytest.mark.filterwarnings("ignore")
+def test_two_view_training_runs_and_best_is_the_plain_network(tmp_path):
+    import keras
+
+    summary = train(_tiny(tmp_path, two_views=True, epochs=1, lr_milestones=[]), tmp_path / "run",
+                    verbose=0, log=lambda *a: None)
+    row = summary["stages"][0]["history"][0]
+    assert np.isfinite(row["loss"]) and 0 <= row["val_person_iou"] <= 1
+    best = keras.models.load_model(summary["stages"][0]["best"])
+    assert best.name == "sinet_encoder" and len(best.inputs) == 1  # deployable, no wrapper
+    last = keras.models.load_model(summary["stages"][0]["last"])
+    assert last.network.name == "sinet_encoder" and last.optimizer is not None
+
+
+def test_two_view_loss_is_the_sum_of_its_parts():
+    import tensorflow as tf
+
+    from sinet_tf.losses import BoundaryFocalLoss, CrossEntropy, consistency_loss
+    from sinet_tf.train.two_view import TwoViewLoss
+
+    rng = np.random.default_rng(0)
+    y = tf.constant((rng.uniform(size=(2, 8, 8)) > 0.5).astype("uint8"))
+    z = tf.constant(rng.normal(size=(2, 8, 8, 6)).astype("float32"))  # tex(2) plain(2) edge_tex edge_plain
+    loss = TwoViewLoss(CrossEntropy(), num_classes=2, has_edge=True, consistency_weight=2.0, edge_weight=0.1)
+    ce, focal = CrossEntropy(), BoundaryFocalLoss()
+    expected = (ce.call(y, z[..., :2]) + ce.call(y, z[..., 2:4])
+                + 2.0 * consistency_loss(z[..., :2], z[..., 2:4], 1.0, per_example=True)
+                + 0.1 * (focal.call(y, z[..., 4:5]) + focal.call(y, z[..., 5:6])))
+    np.testing.assert_allclose(loss.call(y, z).numpy(), expected.numpy(), rtol=1e-6)
+    again = TwoViewLoss.from_config(loss.get_config())
+    np.testing.assert_allclose(again.call(y, z).numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_lr_step_every():
+    config = load_recipe(RECIPE_DIR / "default.yaml", overrides={"lr_milestones": [], "lr_step_every": 20,
+                                                                  "lr_factor": 0.95, "epochs": 100})
+    assert config.stages[0].lr_step_every == 20

@@ -146,7 +146,8 @@ class _RunState(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         best = self.state.get("best")
         if value is not None and (best is None or value > best):
-            save_keras_atomic(self.model, self.stage_dir / "best.keras")
+            # best.keras is the deployable network (without a training wrapper)
+            save_keras_atomic(getattr(self.model, "network", self.model), self.stage_dir / "best.keras")
             self.state["best"], self.state["best_epoch"] = value, epoch + 1
         _write_history(self.stage_dir / "history.csv", self.history)
         self.state["epoch"] = epoch + 1
@@ -206,16 +207,31 @@ def _initialize(model, stage: StageConfig, run_dir: Path, log):
 
 
 def _compile(model, stage: StageConfig, steps_per_epoch: int):
+    """Compile ``model`` for ``stage``; returns the model to fit (a :class:`TwoViewModel`
+    around it for two-view stages)."""
     from sinet_tf.losses import build_loss
     from sinet_tf.metrics import PersonIoU
 
-    boundaries = [int(m) * steps_per_epoch for m in stage.lr_milestones]
+    milestones = set(int(m) for m in stage.lr_milestones)
+    if stage.lr_step_every:
+        milestones |= set(range(stage.lr_step_every, stage.epochs, stage.lr_step_every))
+    boundaries = [m * steps_per_epoch for m in sorted(milestones)]
     values = [stage.learning_rate * stage.lr_factor ** i for i in range(len(boundaries) + 1)]
     schedule = (keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
                 if boundaries else stage.learning_rate)
     optimizer = AdamL2(learning_rate=schedule, l2=stage.weight_decay, l2_exclude=stage.weight_decay_exclude)
-    model.compile(optimizer=optimizer, loss=build_loss(stage.loss), metrics=[PersonIoU()],
+    loss, metric = build_loss(stage.loss), PersonIoU()
+    if stage.two_views:
+        from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
+
+        model = TwoViewModel(model, name=f"{model.name}_two_view")
+        loss = TwoViewLoss(loss, num_classes=model.num_classes, has_edge=model.has_edge,
+                           consistency_weight=stage.consistency_weight, temperature=stage.temperature,
+                           edge_weight=stage.edge_weight)
+        metric = TwoViewPersonIoU(model.num_classes)
+    model.compile(optimizer=optimizer, loss=loss, metrics=[metric],
                   jit_compile=stage.jit_compile, run_eagerly=stage.run_eagerly)
+    return model
 
 
 def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, verbose="auto",
@@ -260,9 +276,8 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
     if len(train_source) == 0 or len(val_source) == 0:
         raise TrainingError(f"training data {config.data!r}: the training or validation split is empty")
     for stage in config.stages:
-        if stage.two_views:
-            raise TrainingError(f"stage {stage.name!r}: two_views training (PortraitNet's consistency loss "
-                                "between the textured and the plain view) is not implemented in the trainer yet")
+        if stage.two_views and not stage.augment:
+            raise TrainingError(f"stage {stage.name!r}: two_views needs augment: true (the views differ by texture)")
         if stage.batch_size > len(train_source):
             raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} is larger than the training "
                                 f"set ({len(train_source)} examples in {config.data!r})")
@@ -298,8 +313,9 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
 
                 model = build_model(stage.model, input_shape=(*stage.input_size, 3), **stage.model_kwargs)
                 _initialize(model, stage, run_dir, log)
-                _compile(model, stage, steps)
-        out_hw = model.output_shape[1:3]
+                model = _compile(model, stage, steps)
+        network = getattr(model, "network", model)  # the deployable network inside a two-view wrapper
+        out_hw = network.outputs[0].shape[1:3]
         label_stride = stage.input_size[0] // out_hw[0] if stage.label_stride == 1 else stage.label_stride
         if stage.input_size[0] % out_hw[0] or stage.input_size[0] // out_hw[0] != label_stride:
             raise TrainingError(f"stage {stage.name!r}: model output {out_hw} does not match label_stride {label_stride}")
