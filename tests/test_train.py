@@ -219,3 +219,17 @@ def test_lr_step_every():
     config = load_recipe(RECIPE_DIR / "default.yaml", overrides={"lr_milestones": [], "lr_step_every": 20,
                                                                   "lr_factor": 0.95, "epochs": 100})
     assert config.stages[0].lr_step_every == 20
+
+
+def test_two_view_wrapper_stacks_mask_and_edge_outputs_of_portraitnet():
+    import sinet_tf
+    from sinet_tf.train.two_view import TwoViewModel
+
+    net = sinet_tf.build_model("portraitnet", input_shape=(64, 64, 3), boundary_head=True)
+    model = TwoViewModel(net)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    out = np.asarray(model({"image": x, "plain": x[:, :, ::-1].copy()}))
+    assert model.num_classes == 2 and model.has_edge and out.shape == (1, 64, 64, 6)
+    mask, edge = net(x)
+    np.testing.assert_allclose(out[..., :2], np.asarray(mask), atol=1e-5)
+    np.testing.assert_allclose(out[..., 4:5], np.asarray(edge), atol=1e-5)
