@@ -233,3 +233,17 @@ def test_two_view_wrapper_stacks_mask_and_edge_outputs_of_portraitnet():
     mask, edge = net(x)
     np.testing.assert_allclose(out[..., :2], np.asarray(mask), atol=1e-5)
     np.testing.assert_allclose(out[..., 4:5], np.asarray(edge), atol=1e-5)
+
+
+def test_augmentation_spec_from_a_recipe(tmp_path):
+    from sinet_tf.data.augment import PortraitNetAugmentation
+
+    config = load_recipe(RECIPE_DIR / "default.yaml",
+                         overrides=["augment={rotation_deg: [-15, 15], scale: [0.75, 1.25]}"])
+    spec = config.stages[0].augment
+    assert isinstance(spec, PortraitNetAugmentation)
+    assert spec.rotation_deg == (-15, 15) and spec.scale == (0.75, 1.25) and spec.flip_prob == 0.5
+    with pytest.raises(RecipeError, match=r"unknown augmentation parameter 'rotation'; did you mean 'rotation_deg'"):
+        load_recipe(RECIPE_DIR / "default.yaml", overrides=["augment={rotation: [-15, 15]}"])
+    with pytest.raises(RecipeError, match="low > high"):
+        load_recipe(RECIPE_DIR / "default.yaml", overrides=["augment={scale: [1.5, 0.5]}"])

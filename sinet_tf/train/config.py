@@ -41,7 +41,7 @@ class StageConfig:
     weight_decay_exclude: tuple[str, ...] = ("depthwise_kernel",)
     loss: Any = "ce"
     label_stride: int = 1                          # 8 for SINet's 1/8 encoder stage
-    augment: bool = True
+    augment: Any = True                            # true (PortraitNet's spec), false, or a mapping of spec fields
     backend: str = "tf"
     two_views: bool = False                        # PortraitNet's two-view training (train/two_view.py)
     consistency_weight: float = 2.0                # two-view only: alpha of the consistency loss
@@ -158,6 +158,19 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
         for k in ("epochs", "batch_size"):
             if int(getattr(stage, k)) < 1:
                 raise RecipeError(f"{path}: stage {stage.name!r}: {k} must be >= 1, got {getattr(stage, k)}")
+        if isinstance(stage.augment, dict):
+            from sinet_tf.data.augment import PortraitNetAugmentation
+
+            valid = {f.name for f in fields(PortraitNetAugmentation)}
+            bad_aug = sorted(set(stage.augment) - valid)
+            if bad_aug:
+                raise RecipeError(f"{path}: stage {stage.name!r}: unknown augmentation parameter {bad_aug[0]!r}"
+                                  f"{_suggest(bad_aug[0], valid)}")
+            try:
+                stage.augment = PortraitNetAugmentation(**{k: tuple(v) if isinstance(v, list) else v
+                                                          for k, v in stage.augment.items()})
+            except ValueError as e:
+                raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
         if stage.init and stage.init.startswith("stage:") and stage.init[6:] not in [s.name for s in stages]:
             raise RecipeError(f"{path}: stage {stage.name!r} initializes from {stage.init!r}, "
                               f"which is not an earlier stage ({', '.join(s.name for s in stages) or 'none'})")
