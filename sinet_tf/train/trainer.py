@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from sinet_tf.io import save_keras_atomic
+from sinet_tf.losses import build_loss
 from sinet_tf.train.config import StageConfig, TrainConfig
 
 __all__ = ["AdamL2", "make_strategy", "open_source", "transfer_weights", "train", "TrainingError"]
@@ -209,7 +210,6 @@ def _initialize(model, stage: StageConfig, run_dir: Path, log):
 def _compile(model, stage: StageConfig, steps_per_epoch: int):
     """Compile ``model`` for ``stage``; returns the model to fit (a :class:`TwoViewModel`
     around it for two-view stages)."""
-    from sinet_tf.losses import build_loss
     from sinet_tf.metrics import PersonIoU
 
     milestones = set(int(m) for m in stage.lr_milestones)
@@ -281,8 +281,6 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
         if stage.batch_size > len(train_source):
             raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} is larger than the training "
                                 f"set ({len(train_source)} examples in {config.data!r})")
-        from sinet_tf.losses import build_loss
-
         build_loss(stage.loss)  # a bad loss spec fails now, not after the first stage
     run_dir.mkdir(parents=True, exist_ok=True)
     state.setdefault("config", json.loads(json.dumps(config_dict)))
