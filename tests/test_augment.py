@@ -10,7 +10,7 @@ from sinet_tf.data.augment import (
     PortraitNetAugmentation, geometric_transform, sample_params, texture_transform)
 from sinet_tf.data.base import ArraySource
 from sinet_tf.data.pipeline import make_pipeline
-from conftest import make_blob_source as _blob_source
+from conftest import assert_label_matches_photo, make_blob_source as _blob_source
 
 SPEC = PortraitNetAugmentation()
 
@@ -78,14 +78,7 @@ def test_mask_and_image_stay_aligned_after_any_geometric_augmentation():
     checked = 0
     for x, y in make_pipeline(src, (160, 160), 4, augment=spec, seed=3, shuffle=False):
         for img, lbl in zip(x.numpy(), y.numpy()):
-            g = img[..., 0]
-            padded = np.abs(g - 128) < 1e-3
-            disagree = ((g > 120) != (lbl == 1)) & ~padded
-            # interpolated edges: next to a label boundary, or to the padding outside the photo
-            boundary = cv2.Canny(lbl * 255, 1, 1) | cv2.Canny(padded.astype(np.uint8) * 255, 1, 1)
-            edges = cv2.dilate(boundary, np.ones((3, 3), np.uint8)) > 0
-            assert not (disagree & ~edges).any()
-            assert disagree.mean() < 0.01
+            assert_label_matches_photo(img, lbl, edge_px=1, max_fraction=0.01)
             checked += 1
     assert checked == 8
 
