@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["read_rgb", "write_png_atomic", "save_keras_atomic", "IMAGE_SUFFIXES"]
+__all__ = ["read_rgb", "write_atomic", "write_png_atomic", "save_keras_atomic", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -25,10 +26,28 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so an existing
+    file is only replaced by a complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def write_png_atomic(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Encode ``image`` (grey, or RGB) as PNG and write it through a temporary file + rename."""
-    from sinet_tf.export.tflite import write_atomic
-
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[-1] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from sinet_tf.data.base import SegmentationSource
+from sinet_tf.io import write_atomic
 
 __all__ = ["SyntheticPortraits", "write_synthetic_dataset", "render_portrait"]
 
@@ -919,20 +918,6 @@ class SyntheticPortraits(SegmentationSource):
                 f"seed={self.seed}, name={self.name!r})")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_synthetic_dataset(out_dir, num_samples: int, size: tuple[int, int] = (256, 256),
                             seed: int = 0, val_fraction: float = 0.2) -> Path:
     """Write ``num_samples`` portraits in the humanseg290 layout: ``images/{i}.jpg``
@@ -957,10 +942,10 @@ def write_synthetic_dataset(out_dir, num_samples: int, size: tuple[int, int] = (
         ok2, png = cv2.imencode(".png", (label * 255).astype(np.uint8))
         if not (ok1 and ok2):
             raise ValueError(f"could not encode {src.describe(i)}")
-        _atomic_write(out / "images" / f"{i}.jpg", jpg.tobytes())
-        _atomic_write(out / "masks" / f"{i}.png", png.tobytes())
+        write_atomic(jpg.tobytes(), out / "images" / f"{i}.jpg")
+        write_atomic(png.tobytes(), out / "masks" / f"{i}.png")
         lines.append(f"images/{i}.jpg masks/{i}.png\n")
     n_train = num_samples - n_val
-    _atomic_write(out / "train.txt", "".join(lines[:n_train]).encode())
-    _atomic_write(out / "val.txt", "".join(lines[n_train:]).encode())
+    write_atomic("".join(lines[:n_train]).encode(), out / "train.txt")
+    write_atomic("".join(lines[n_train:]).encode(), out / "val.txt")
     return out

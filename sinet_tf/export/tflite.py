@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import keras
 import numpy as np
+
+from sinet_tf.io import write_atomic
 
 __all__ = ["with_fixed_batch", "convert_float32", "write_atomic", "TFLiteRunner"]
 
@@ -47,26 +48,6 @@ def convert_float32(model: keras.Model) -> bytes:
     # Keras' ExportArchive prints every captured variable; keep the console readable.
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
-
-
-def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so an existing
-    file is only replaced by a complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 class TFLiteRunner:

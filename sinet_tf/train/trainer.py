@@ -27,7 +27,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from sinet_tf.io import save_keras_atomic
+from sinet_tf.io import save_keras_atomic, write_atomic
 from sinet_tf.losses import build_loss
 from sinet_tf.train.config import StageConfig, TrainConfig
 
@@ -120,8 +120,6 @@ def transfer_weights(src: keras.Model, dst: keras.Model) -> int:
 
 
 def _atomic_text(path: Path, text: str):
-    from sinet_tf.export.tflite import write_atomic
-
     write_atomic(text.encode(), path)
 
 
