@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["Segmenter", "load_keras_model"]
+__all__ = ["Segmenter", "load_keras_model", "load_model"]
 
 
 def load_keras_model(path: str | os.PathLike):
@@ -26,6 +26,31 @@ def load_keras_model(path: str | os.PathLike):
         raise ValueError(f"{path}: not a loadable Keras model ({type(e).__name__}: {e})") from e
     if not isinstance(model, keras.Model):
         raise ValueError(f"{path}: holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+def load_model(source: str | os.PathLike, weights: str | os.PathLike | None = None):
+    """A Keras model from a ``.keras`` file or a registry name, with an optional checkpoint
+    (an official ``.npz``/``.pth``, or a ``.weights.h5`` file)."""
+    suffix = Path(str(source)).suffix.lower()
+    if suffix == ".tflite":
+        raise ValueError(f"{source}: a .tflite file is not a Keras model; give a .keras file or a registry name")
+    if suffix == ".keras":
+        model = load_keras_model(source)
+    else:
+        from sinet_tf.registry import build_model
+
+        model = build_model(str(source))
+    if weights is not None:
+        w = Path(weights)
+        if w.name.endswith(".weights.h5"):
+            if not w.is_file():
+                raise FileNotFoundError(f"weights file not found: {w}")
+            model.load_weights(w)
+        else:
+            from sinet_tf.weights import load_weights
+
+            load_weights(model, w)
     return model
 
 
@@ -51,27 +76,9 @@ class Segmenter:
             self._tflite = TFLiteRunner(self.source)
             shape = self._tflite.input_shape
         else:
-            if suffix == ".keras":
-                self._keras = load_keras_model(self.source)
-            else:
-                from sinet_tf.registry import build_model
-
-                self._keras = build_model(self.source)
-            if weights is not None:
-                self._load_weights(weights)
+            self._keras = load_model(self.source, weights)
             shape = tuple(self._keras.inputs[0].shape)
         self.input_size = (int(shape[1]), int(shape[2]))
-
-    def _load_weights(self, weights):
-        w = Path(weights)
-        if w.name.endswith(".weights.h5"):
-            if not w.is_file():
-                raise FileNotFoundError(f"weights file not found: {w}")
-            self._keras.load_weights(w)
-        else:
-            from sinet_tf.weights import load_weights
-
-            load_weights(self._keras, w)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw model output for a float RGB batch ``[1, h, w, 3]`` at the model's input size."""

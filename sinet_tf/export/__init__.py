@@ -47,12 +47,9 @@ class ExportReport:
 
 def load_export_source(source, weights=None):
     """A Keras model from a ``.keras`` file or a registry name (+ optional checkpoint)."""
-    from sinet_tf.inference import Segmenter
+    from sinet_tf.inference import load_model
 
-    seg = Segmenter(source, weights=weights)
-    if seg._keras is None:
-        raise ValueError(f"{source}: export needs a Keras model (.keras or a registry name), not a .tflite")
-    return seg._keras
+    return load_model(source, weights)
 
 
 def export_tflite(source, output, weights=None, seed: int = 0) -> ExportReport:
@@ -63,13 +60,14 @@ def export_tflite(source, output, weights=None, seed: int = 0) -> ExportReport:
     output = Path(output)
     if output.suffix != ".tflite":
         raise ValueError(f"{output}: the output must be a .tflite file")
+    model = with_fixed_batch(model, 1)  # once: conversion and the parity check use the same model
     t0 = time.perf_counter()
     data = convert_float32(model)
     seconds = time.perf_counter() - t0
     runner = TFLiteRunner(data)
     x = np.random.default_rng(seed).uniform(0, 255, runner.input_shape).astype(np.float32)
     y_lite = runner(x)
-    y_keras = np.asarray(with_fixed_batch(model, 1)(x, training=False), dtype=np.float32)
+    y_keras = np.asarray(model(x, training=False), dtype=np.float32)
     report = ExportReport(
         output=str(output), model=model.name, quantize="none", size_bytes=len(data),
         input_shape=list(runner.input_shape), output_shape=list(y_lite.shape),
