@@ -247,3 +247,16 @@ def test_augmentation_spec_from_a_recipe(tmp_path):
         load_recipe(RECIPE_DIR / "default.yaml", overrides=["augment={rotation: [-15, 15]}"])
     with pytest.raises(RecipeError, match="low > high"):
         load_recipe(RECIPE_DIR / "default.yaml", overrides=["augment={scale: [1.5, 0.5]}"])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_second_stage_starts_from_the_first_stages_best_model(tmp_path):
+    config = load_recipe(RECIPE_DIR / "sinet.yaml", overrides={
+        "data": "synthetic:8", "input_size": [64, 64], "epochs": 1, "lr_milestones": [], "run_eagerly": True,
+        "encoder.batch_size": 4, "full.batch_size": 4})
+    lines = []
+    summary = train(config, tmp_path / "run", verbose=0, log=lines.append)
+    assert [s["name"] for s in summary["stages"]] == ["encoder", "full"]
+    init = [line for line in lines if line.startswith("[full] initialized")]
+    assert len(init) == 1 and str(tmp_path / "run" / "encoder" / "best.keras") in init[0]
+    assert int(init[0].split()[2]) > 100  # every encoder layer of sinet_encoder exists in sinet

@@ -183,16 +183,11 @@ def _initialize(model, stage: StageConfig, run_dir: Path, log):
     if not stage.init:
         log(f"[{stage.name}] random initialization")
         return
-    if stage.init.startswith("stage:"):
-        src_path = run_dir / stage.init[6:] / "best.keras"
-        if not src_path.is_file():
-            src_path = run_dir / stage.init[6:] / "last.keras"
-        from sinet_tf.inference import load_keras_model
-
-        n = transfer_weights(load_keras_model(src_path), model)
-        log(f"[{stage.name}] initialized {n} layers from {src_path}")
-        return
     path = Path(stage.init)
+    if stage.init.startswith("stage:"):  # an earlier stage's best model (its last, if none was best yet)
+        path = run_dir / stage.init[6:] / "best.keras"
+        if not path.is_file():
+            path = run_dir / stage.init[6:] / "last.keras"
     if path.suffix == ".keras":
         from sinet_tf.inference import load_keras_model
 
