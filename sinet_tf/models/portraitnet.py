@@ -25,16 +25,15 @@ geometry they were trained with. BatchNorm is the project's synchronized one.
 from __future__ import annotations
 
 import logging
-import os
 
 import keras
 
+from sinet_tf.backbones.mobilenetv2 import load_mobilenetv2_weights, mobilenetv2_features
 from sinet_tf.layers.conv import batch_norm
 from sinet_tf.models._common import check_input_shape, logits_output, normalized_input
 from sinet_tf.registry import register_model
 
-__all__ = ["PORTRAITNET_DECODER_WIDTHS", "MOBILENETV2_BLOCKS", "portraitnet", "mobilenetv2_features",
-           "d_block", "portraitnet_decoder", "load_backbone_weights"]
+__all__ = ["PORTRAITNET_DECODER_WIDTHS", "portraitnet", "d_block", "portraitnet_decoder"]
 
 PAPER = "PortraitNet, Computers & Graphics 2019"
 
@@ -42,56 +41,6 @@ log = logging.getLogger("sinet_tf.models")
 
 # Decoder widths, from the 1/32 stage to full resolution (see the module docstring).
 PORTRAITNET_DECODER_WIDTHS = (96, 32, 24, 16, 8)
-
-# MobileNetV2 (Sandler et al. 2018, Table 2) without its last 1x1 conv to 1280:
-# (expansion t, output channels c, repeats n, first stride s).
-MOBILENETV2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                      (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-
-# Index of the last block at each output stride whose output the decoder reads.
-_TAPS = {4: 2, 8: 5, 16: 12, 32: 16}
-
-
-def _relu6(x, name):
-    return keras.layers.ReLU(6.0, name=name)(x)
-
-
-def _inverted_residual(x, expansion, filters, stride, block_id):
-    """MobileNetV2 bottleneck with the layer names of ``keras.applications.MobileNetV2``."""
-    in_channels = x.shape[-1]
-    prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
-    y = x
-    if block_id:
-        y = keras.layers.Conv2D(expansion * in_channels, 1, use_bias=False, kernel_initializer="he_normal",
-                                name=f"{prefix}expand")(y)
-        y = _relu6(batch_norm(y, f"{prefix}expand_BN"), f"{prefix}expand_relu")
-    y = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
-                                     depthwise_initializer="he_normal", name=f"{prefix}depthwise")(y)
-    y = _relu6(batch_norm(y, f"{prefix}depthwise_BN"), f"{prefix}depthwise_relu")
-    y = keras.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer="he_normal",
-                            name=f"{prefix}project")(y)
-    y = batch_norm(y, f"{prefix}project_BN")
-    if stride == 1 and in_channels == filters:
-        y = keras.layers.Add(name=f"{prefix}add")([x, y])
-    return y
-
-
-def mobilenetv2_features(x):
-    """MobileNetV2 (width 1.0) on normalized input ``x``: features at strides 4, 8, 16, 32
-    (24, 32, 96 and 320 channels), as a dict keyed by stride."""
-    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal",
-                            name="Conv1")(x)
-    x = _relu6(batch_norm(x, "bn_Conv1"), "Conv1_relu")
-    features, block_id = {}, 0
-    for t, c, n, s in MOBILENETV2_BLOCKS:
-        for i in range(n):
-            x = _inverted_residual(x, t, c, s if i == 0 else 1, block_id)
-            for stride, tap in _TAPS.items():
-                if tap == block_id:
-                    features[stride] = x
-            block_id += 1
-    return features
-
 
 def _separable(x, filters, name):
     """Depthwise 3x3 + BN + ReLU + pointwise 1x1 + BN (no activation after the last BN)."""
@@ -144,27 +93,6 @@ def portraitnet_decoder(features, widths=PORTRAITNET_DECODER_WIDTHS):
     return x
 
 
-def load_backbone_weights(model, path, input_shape):
-    """Copy MobileNetV2 ImageNet weights (a local Keras ``include_top=False`` weights file,
-    alpha 1.0) into ``model``'s encoder layers, matched by layer name."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"portraitnet: backbone_weights file not found: {path}")
-    reference = keras.applications.MobileNetV2(input_shape=tuple(input_shape), include_top=False,
-                                               weights=path, alpha=1.0)
-    copied = 0
-    for layer in model.layers:
-        try:
-            source = reference.get_layer(layer.name)
-        except ValueError:
-            continue
-        if layer.weights:
-            layer.set_weights(source.get_weights())
-            copied += 1
-    log.info("portraitnet: loaded MobileNetV2 weights into %d encoder layers from %s", copied, path)
-    return copied
-
-
 @register_model(paper=PAPER, tags=("portrait", "mobile", "portraitnet"))
 def portraitnet(input_shape=(224, 224, 3), num_classes=2, boundary_head=False,
                 decoder_widths=PORTRAITNET_DECODER_WIDTHS, backbone_weights=None,
@@ -187,7 +115,7 @@ def portraitnet(input_shape=(224, 224, 3), num_classes=2, boundary_head=False,
         outputs = [outputs, logits_output(edge, "edge_logits")]
     model = keras.Model(inputs, outputs, name="portraitnet")
     if backbone_weights is not None:
-        load_backbone_weights(model, backbone_weights, input_shape)
+        load_mobilenetv2_weights(model, backbone_weights, input_shape, "portraitnet")
     else:
         log.info("portraitnet: no backbone_weights given; the MobileNetV2 encoder is randomly initialized")
     return model
