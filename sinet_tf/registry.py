@@ -22,6 +22,7 @@ class ModelInfo:
     default_input_size: tuple[int, int] = (224, 224)
     num_classes: int = 2
     paper: str = ""
+    input_multiple: int = 32
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -38,11 +39,13 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 def register_model(fn: Callable | None = None, *, name: str | None = None,
                    default_input_size: tuple[int, int] = (224, 224), num_classes: int = 2,
-                   paper: str = "", tags: tuple[str, ...] = ()):
+                   paper: str = "", input_multiple: int = 32, tags: tuple[str, ...] = ()):
     """Register a builder ``fn(input_shape=..., num_classes=..., **kw) -> keras.Model``.
 
     Usable bare (``@register_model``) or with arguments
     (``@register_model(default_input_size=(512, 512), paper="...")``).
+    ``input_multiple``: height and width must be multiples of it (the builder checks;
+    tests and tools read it to pick sizes the architecture takes).
     """
 
     def wrap(f: Callable) -> Callable:
@@ -52,7 +55,7 @@ def register_model(fn: Callable | None = None, *, name: str | None = None,
         doc = inspect.getdoc(f) or ""
         _REGISTRY[key] = ModelInfo(
             name=key, builder=f, default_input_size=tuple(default_input_size),
-            num_classes=num_classes, paper=paper, description=doc.splitlines()[0] if doc else "",
+            num_classes=num_classes, paper=paper, input_multiple=int(input_multiple), description=doc.splitlines()[0] if doc else "",
             tags=tuple(tags))
         return f
 

@@ -11,17 +11,23 @@ from sinet_tf.export import check_gpu_compatibility, convert_float32, TFLiteRunn
 from sinet_tf.profile import count_macs, count_params
 
 MODELS = sinet_tf.list_models()
-SMALL = (64, 64, 3)  # every registered architecture takes multiples of 32
 
 
-def _pixels(seed, shape=SMALL, batch=1):
+def small_shape(name):
+    """The smallest square input of at least 64 pixels that the architecture takes."""
+    multiple = sinet_tf.get_model_info(name).input_multiple
+    side = multiple * math.ceil(64 / multiple)
+    return (side, side, 3)
+
+
+def _pixels(seed, shape, batch=1):
     return np.random.default_rng(seed).uniform(0, 255, (batch, *shape)).astype(np.float32)
 
 
 @pytest.fixture(scope="module", params=MODELS)
 def small_model(request):
     keras.utils.set_random_seed(0)
-    return sinet_tf.build_model(request.param, input_shape=SMALL)
+    return sinet_tf.build_model(request.param, input_shape=small_shape(request.param))
 
 
 def test_registry_lists_the_foundation_models():
@@ -31,10 +37,11 @@ def test_registry_lists_the_foundation_models():
 def test_forward_shape_and_finite_output(small_model):
     name = small_model.name
     info = sinet_tf.get_model_info(name)
-    y = np.asarray(small_model(_pixels(1, batch=2), training=False))
+    shape = small_model.input_shape[1:]
+    y = np.asarray(small_model(_pixels(1, shape, batch=2), training=False))
     assert y.shape[0] == 2 and y.shape[-1] == info.num_classes
-    stride = SMALL[0] // y.shape[1]
-    assert SMALL[0] % y.shape[1] == 0 and stride in (1, 4, 8), f"{name}: output {y.shape}"
+    stride = shape[0] // y.shape[1]
+    assert shape[0] % y.shape[1] == 0 and stride in (1, 4, 8), f"{name}: output {y.shape}"
     assert np.isfinite(y).all()
     assert small_model.layers[1].__class__.__name__ == "InputNormalization"
 
@@ -42,7 +49,7 @@ def test_forward_shape_and_finite_output(small_model):
 def test_config_round_trip(small_model):
     clone = keras.Model.from_config(small_model.get_config())
     clone.set_weights(small_model.get_weights())
-    x = _pixels(2)
+    x = _pixels(2, small_model.input_shape[1:])
     np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(small_model(x)), atol=1e-5)
     assert clone.get_config() == small_model.get_config()
 
@@ -51,7 +58,7 @@ def test_keras_file_round_trip_in_safe_mode(small_model, tmp_path):
     path = tmp_path / f"{small_model.name}.keras"
     small_model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True, compile=False)
-    x = _pixels(3)
+    x = _pixels(3, small_model.input_shape[1:])
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(small_model(x)), atol=1e-5)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
 
@@ -61,7 +68,7 @@ def test_one_training_step_reduces_nothing_to_nan_and_moves_weights(small_model)
     model.set_weights(small_model.get_weights())
     classes = model.output_shape[-1]
     out_hw = model.output_shape[1:3]
-    x = _pixels(4, batch=2)
+    x = _pixels(4, model.input_shape[1:], batch=2)
     y = (np.random.default_rng(5).uniform(size=(2, *out_hw, 1)) > 0.5).astype(np.float32)
     loss = (keras.losses.BinaryCrossentropy(from_logits=True) if classes == 1
             else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -76,8 +83,8 @@ def test_one_training_step_reduces_nothing_to_nan_and_moves_weights(small_model)
 def test_tflite_conversion_matches_keras_and_is_gpu_compatible(small_model):
     data = convert_float32(small_model)
     runner = TFLiteRunner(data)
-    assert runner.input_shape == (1, *SMALL)
-    x = _pixels(6)
+    assert runner.input_shape == (1, *small_model.input_shape[1:])
+    x = _pixels(6, small_model.input_shape[1:])
     np.testing.assert_allclose(runner(x), np.asarray(small_model(x)), atol=1e-4)
     report = check_gpu_compatibility(data)
     assert report.compatible, report.summary()
@@ -112,3 +119,14 @@ def test_builder_options_change_the_network():
     assert count_params(sinet_tf.build_model("extremec3net", q=3)) < 37_738
     with pytest.raises(ValueError, match="s2_config has 1 modules"):
         sinet_tf.build_model("sinet", s2_config=[[(3, 1), (3, 1)]])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_refuses_sizes_off_its_input_multiple(name):
+    multiple = sinet_tf.get_model_info(name).input_multiple
+    side = small_shape(name)[0]
+    if multiple > 1:
+        bad = side + (2 if multiple > 2 else 1)
+        with pytest.raises(ValueError, match=rf"{name}: input size {bad}x{bad}.*multiples of {multiple}"):
+            sinet_tf.build_model(name, input_shape=(bad, bad, 3))
+    assert sinet_tf.get_model_info(name).default_input_size[0] % multiple == 0

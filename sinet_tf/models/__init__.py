@@ -1,4 +1,9 @@
-"""One module per architecture; importing this package registers every model."""
+"""One module per architecture; importing this package registers every model
+(each module in this folder is imported, so a new architecture is one new file)."""
 
-from sinet_tf.models import extremec3net, sinet  # noqa: F401
-from sinet_tf.models import portraitnet  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -41,7 +41,7 @@ def extremec3net_encoder_features(x, p=1, q=5):
     return bn_prelu(keras.layers.Concatenate(name="encoder.b3.concat")([level3_0, out]), "encoder.b3")
 
 
-@register_model(num_classes=1, paper=PAPER, tags=("portrait", "mobile", "extremec3net"))
+@register_model(num_classes=1, paper=PAPER, input_multiple=4, tags=("portrait", "mobile", "extremec3net"))
 def extremec3net(input_shape=(224, 224, 3), num_classes=1, p=1, q=5, decoder_width=24,
                  normalization="official_sinet", batch_size=None):
     """ExtremeC3Net: advanced-C3 encoder + coarse/fine decoder (one logit by default, person where > 0)."""
@@ -60,7 +60,7 @@ def extremec3net(input_shape=(224, 224, 3), num_classes=1, p=1, q=5, decoder_wid
     return keras.Model(inputs, logits_output(y), name="extremec3net")
 
 
-@register_model(num_classes=1, paper=PAPER, tags=("portrait", "mobile", "extremec3net", "stage1"))
+@register_model(num_classes=1, paper=PAPER, input_multiple=4, tags=("portrait", "mobile", "extremec3net", "stage1"))
 def extremec3net_encoder(input_shape=(224, 224, 3), num_classes=1, p=1, q=5,
                          normalization="official_sinet", batch_size=None):
     """ExtremeC3Net stage-1 network: the encoder and a 1x1 classifier, logits at 1/4 resolution."""
