@@ -99,8 +99,21 @@ def cmd_predict(args):
 def cmd_export(args):
     from sinet_tf.export import export_tflite
 
-    report = export_tflite(args.source, args.output, weights=args.weights)
+    input_size = None
+    if args.input_size:
+        try:
+            h, _, w = args.input_size.lower().partition("x")
+            input_size = (int(h), int(w or h))
+        except ValueError:
+            raise ValueError(f"--input-size {args.input_size!r}: expected HxW, e.g. 224x224") from None
+    report = export_tflite(args.source, args.output, weights=args.weights, quantize=args.quantize, io=args.io,
+                           head=args.output_head, calibration_data=args.calibration_data,
+                           calibration_split=None if args.calibration_split == "none" else args.calibration_split,
+                           num_calibration=args.num_calibration, parity_data=args.parity_data,
+                           parity_split=None if args.parity_split == "none" else args.parity_split,
+                           num_parity=args.num_parity, metadata=args.metadata, input_size=input_size)
     print(report.summary())
+    print(f"report: {Path(args.output).with_suffix('.json')}")
     return 0 if (report.gpu.compatible or args.allow_cpu_ops) else 3
 
 
@@ -179,10 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="person probability threshold (default 0.5)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a float32 .tflite (batch 1) with a JSON report and GPU-delegate check")
+    p = sub.add_parser("export", help="export a .tflite (batch 1; fp32/fp16/dynamic/int8) with a JSON report "
+                                      "and GPU-delegate check")
     p.add_argument("source", help=".keras file, or a registry name (with --weights)")
-    p.add_argument("-o", "--output", required=True, help="output .tflite file")
+    p.add_argument("-o", dest="output", required=True, help="output .tflite file")
     p.add_argument("--weights", help="checkpoint for a registry model name (.npz, .pth, .weights.h5)")
+    p.add_argument("--quantize", choices=["none", "fp16", "dynamic", "int8"], default="none")
+    p.add_argument("--io", choices=["float32", "uint8", "int8"], default="float32",
+                   help="input/output type; uint8/int8 need --quantize int8 (input = pixels, scale 1)")
+    p.add_argument("--output", dest="output_head", choices=["logits", "probabilities", "mask"], default="logits",
+                   help="what the model returns: logits, per-class probabilities, or one person-probability channel")
+    p.add_argument("--calibration-data", help="dataset (folder, list file, or synthetic[:N]) for int8 calibration "
+                                              "and the parity check")
+    p.add_argument("--calibration-split", default="train", help="split of --calibration-data (default train; none)")
+    p.add_argument("--num-calibration", type=int, default=200, help="calibration images (default 200)")
+    p.add_argument("--parity-data", help="dataset for the parity check (default: the calibration images)")
+    p.add_argument("--parity-split", default="val", help="split of --parity-data (default val; none)")
+    p.add_argument("--num-parity", type=int, default=50, help="images for the parity check (default 50)")
+    p.add_argument("--input-size", help="HxW to export at (registry names check it against the architecture)")
+    p.add_argument("--metadata", action="store_true", help="add TFLite metadata MediaPipe's ImageSegmenter reads "
+                                                           "(pip install \".[mediapipe]\")")
     p.add_argument("--allow-cpu-ops", action="store_true", help="exit 0 even if an op is not GPU-delegate compatible")
     p.set_defaults(func=cmd_export)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["Segmenter", "load_keras_model", "load_model"]
+__all__ = ["Segmenter", "load_keras_model", "load_model", "resize_to_input"]
 
 
 def load_keras_model(path: str | os.PathLike):
@@ -29,18 +29,52 @@ def load_keras_model(path: str | os.PathLike):
     return model
 
 
-def load_model(source: str | os.PathLike, weights: str | os.PathLike | None = None):
+def resize_to_input(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """The deployment preprocessing: a photo (or, ``nearest``, a label map) resized to the
+    model's input ``(height, width)``; photos come back float32 RGB in [0, 255]."""
+    h, w = int(size[0]), int(size[1])
+    if nearest:
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
+def _with_input_size(model, source, input_size):
+    """A ``.keras`` model rebuilt at another input size (same weights), or a clear error."""
+    import keras
+
+    current = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    if tuple(input_size) == current:
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            layer["config"]["batch_shape"] = [layer["config"]["batch_shape"][0], *input_size, 3]
+    try:
+        resized = keras.Model.from_config(config)
+        resized.set_weights(model.get_weights())
+    except Exception as e:
+        raise ValueError(f"{source}: cannot run at input size {input_size[0]}x{input_size[1]} (it was saved at "
+                         f"{current[0]}x{current[1]}): {type(e).__name__}: {e}") from e
+    return resized
+
+
+def load_model(source: str | os.PathLike, weights: str | os.PathLike | None = None, input_size=None):
     """A Keras model from a ``.keras`` file or a registry name, with an optional checkpoint
-    (an official ``.npz``/``.pth``, or a ``.weights.h5`` file)."""
+    (an official ``.npz``/``.pth``, or a ``.weights.h5`` file), at ``input_size``
+    ``(height, width)`` when given (registry names check it against the architecture)."""
     suffix = Path(str(source)).suffix.lower()
     if suffix == ".tflite":
         raise ValueError(f"{source}: a .tflite file is not a Keras model; give a .keras file or a registry name")
+    if input_size is not None:
+        input_size = (int(input_size[0]), int(input_size[1]))
     if suffix == ".keras":
         model = load_keras_model(source)
+        if input_size is not None:
+            model = _with_input_size(model, source, input_size)
     else:
         from sinet_tf.registry import build_model
 
-        model = build_model(str(source))
+        model = build_model(str(source), input_shape=None if input_size is None else (*input_size, 3))
     if weights is not None:
         w = Path(weights)
         if w.name.endswith(".weights.h5"):
@@ -67,6 +101,7 @@ class Segmenter:
         self._tflite = None
         self._keras = None
         self._keras_fn = None
+        self.output_kind = "logits"
         suffix = Path(self.source).suffix.lower()
         if suffix == ".tflite":
             from sinet_tf.export.tflite import TFLiteRunner
@@ -74,6 +109,7 @@ class Segmenter:
             if weights is not None:
                 raise ValueError(f"--weights applies to Keras models, not to {self.source}")
             self._tflite = TFLiteRunner(self.source)
+            self.output_kind = self._tflite.output_kind
             shape = self._tflite.input_shape
         else:
             self._keras = load_model(self.source, weights)
@@ -81,7 +117,8 @@ class Segmenter:
         self.input_size = (int(shape[1]), int(shape[2]))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Raw model output for a float RGB batch ``[1, h, w, 3]`` at the model's input size."""
+        """Raw model output for a float RGB batch ``[1, h, w, 3]`` at the model's input size:
+        logits, or probabilities for a ``.tflite`` exported with such a head (``output_kind``)."""
         if self._tflite is not None:
             return self._tflite(batch)
         if self._keras_fn is None:
@@ -94,15 +131,11 @@ class Segmenter:
 
     def person_probability(self, image_rgb: np.ndarray) -> np.ndarray:
         """Person probability ``float32 [H, W]`` at the photo's own size."""
+        from sinet_tf.export.heads import person_probability_from_output
+
         h, w = image_rgb.shape[:2]
-        ih, iw = self.input_size
-        x = cv2.resize(image_rgb, (iw, ih), interpolation=cv2.INTER_LINEAR).astype(np.float32)[None]
-        out = self.logits(x)[0]
-        if out.shape[-1] == 1:
-            prob = 1.0 / (1.0 + np.exp(-out[..., 0]))
-        else:
-            e = np.exp(out - out.max(axis=-1, keepdims=True))
-            prob = e[..., 1] / e.sum(axis=-1)
+        out = self.logits(resize_to_input(image_rgb, self.input_size)[None])[0]
+        prob = person_probability_from_output(out, self.output_kind)
         return cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
     def mask(self, image_rgb: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -8,8 +8,6 @@ delegates refuse dynamic shapes) and turns dilated convs into SPACE_TO_BATCH_ND.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from pathlib import Path
 
@@ -41,13 +39,9 @@ def with_fixed_batch(model: keras.Model, batch_size: int = 1) -> keras.Model:
 
 def convert_float32(model: keras.Model) -> bytes:
     """Convert to a float32 ``.tflite`` (builtin ops only) with a batch-1 static input."""
-    import tensorflow as tf
+    from sinet_tf.export.quantize import convert
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(with_fixed_batch(model, 1))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    # Keras' ExportArchive prints every captured variable; keep the console readable.
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+    return convert(with_fixed_batch(model, 1), "none")
 
 
 class TFLiteRunner:
@@ -57,10 +51,12 @@ class TFLiteRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         if isinstance(model, (bytes, bytearray)):
+            self._data = bytes(model)
             self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
         else:
             if not Path(model).is_file():
                 raise FileNotFoundError(f"TFLite model not found: {model}")
+            self._data = Path(model).read_bytes()
             try:
                 self.interpreter = Interpreter(model_path=str(model), num_threads=num_threads)
             except ValueError as e:
@@ -68,6 +64,13 @@ class TFLiteRunner:
         self.interpreter.allocate_tensors()
         self.input_details = self.interpreter.get_input_details()
         self.output_details = self.interpreter.get_output_details()
+
+    @property
+    def output_kind(self) -> str:
+        """``logits`` or ``probabilities`` (see :func:`sinet_tf.export.quantize.output_kind`)."""
+        from sinet_tf.export.quantize import output_kind
+
+        return output_kind(self._data)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -1,0 +1,164 @@
+"""TFLite conversion in the four modes and the checks every exported file must pass.
+
+Modes (TFLite post-training quantization):
+
+``none``     float32 weights and activations.
+``fp16``     float16 weights (DEQUANTIZE to float32 at load; GPU delegates run them in fp16).
+``dynamic``  int8 weights, float activations (weights dequantized or hybrid kernels on CPU).
+``int8``     full-integer: int8 weights and activations calibrated on real images
+             (``representative``); inputs/outputs float32 (QUANTIZE/DEQUANTIZE at the
+             ends), int8, or uint8 (``io``).
+
+Every mode converts from the batch-1 functional model with ``from_keras_model`` and
+builtin ops only (see DESIGN.md for why the other routes give dynamic shapes, Flex ops
+or unfolded variables), and :func:`inspect_tflite` rejects files that still contain
+Flex/custom ops, variables, SHAPE, or float tensors inside an int8 graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from io import StringIO
+from typing import Callable, Iterable
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+__all__ = ["QUANTIZE_MODES", "IO_TYPES", "ExportError", "TFLiteContents", "convert", "inspect_tflite", "output_kind"]
+
+QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
+IO_TYPES = ("float32", "uint8", "int8")
+
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported as asked, or a converted file that breaks a rule."""
+
+
+@dataclass
+class TFLiteContents:
+    """What a ``.tflite`` file holds: op counts, I/O details and rule violations."""
+
+    ops: list[str]
+    inputs: list[dict]
+    outputs: list[dict]
+    tensor_types: Counter
+    problems: list[str] = field(default_factory=list)
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.ops).items()))
+
+
+def _builtin_name(model, opcode_index: int) -> str:
+    code = model.operatorCodes[opcode_index]
+    builtin = max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
+    name = _OP_NAMES.get(builtin, str(builtin))
+    if name == "CUSTOM":
+        custom = (code.customCode or b"").decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+        return f"FLEX:{custom[4:]}" if custom.startswith("Flex") else f"CUSTOM:{custom}"
+    return name
+
+
+def _io_details(model, sub, indices) -> list[dict]:
+    out = []
+    for i in indices:
+        t = sub.tensors[i]
+        q = t.quantization
+        scale = float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else None
+        zero = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else None
+        out.append({"name": (t.name or b"").decode() if isinstance(t.name, bytes) else str(t.name),
+                    "shape": [int(d) for d in t.shape], "dtype": _TYPE_NAMES[t.type],
+                    "scale": scale, "zero_point": zero})
+    return out
+
+
+def inspect_tflite(data: bytes, quantize: str = "none") -> TFLiteContents:
+    """Parse a converted model and list what breaks the export rules for mode ``quantize``."""
+    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
+    sub = model.subgraphs[0]
+    ops = [_builtin_name(model, op.opcodeIndex) for op in sub.operators]
+    types = Counter(_TYPE_NAMES[t.type] for t in sub.tensors)
+    contents = TFLiteContents(ops=ops, inputs=_io_details(model, sub, sub.inputs),
+                              outputs=_io_details(model, sub, sub.outputs), tensor_types=types)
+    problems = contents.problems
+    if len(model.subgraphs) != 1:
+        problems.append(f"{len(model.subgraphs)} subgraphs (control flow); expected one")
+    for name, n in contents.op_counts().items():
+        if name.startswith(("FLEX:", "CUSTOM:")):
+            problems.append(f"{n} x {name}: not a builtin op (LiteRT without Flex cannot run it)")
+        elif name in _VARIABLE_OPS:
+            problems.append(f"{n} x {name}: variables left in the graph")
+        elif name == "SHAPE":
+            problems.append(f"{n} x SHAPE: dynamic shape computation (GPU delegates refuse it)")
+    for d in contents.inputs + contents.outputs:
+        if any(s <= 0 for s in d["shape"]):
+            problems.append(f"tensor {d['name']!r} has a dynamic shape {d['shape']}")
+    if quantize == "int8":
+        for op, op_t in zip(ops, sub.operators):
+            if op in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            floats = [sub.tensors[i].name for i in list(op_t.inputs) + list(op_t.outputs)
+                      if i >= 0 and sub.tensors[i].type in (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16)]
+            if floats:
+                names = ", ".join((n or b"").decode() if isinstance(n, bytes) else str(n) for n in floats[:3])
+                problems.append(f"float island in the int8 graph: {op} has float tensors ({names})")
+    return contents
+
+
+def output_kind(data: bytes) -> str:
+    """``probabilities`` if the first output comes from LOGISTIC or SOFTMAX (possibly through
+    QUANTIZE/DEQUANTIZE, or a channel-picking CONV_2D after a SOFTMAX), else ``logits``."""
+    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
+    sub = model.subgraphs[0]
+    producer = {int(t): op for op in sub.operators for t in op.outputs}
+    tensor, conv_seen = int(sub.outputs[0]), False
+    for _ in range(4):
+        op = producer.get(tensor)
+        if op is None:
+            return "logits"
+        name = _builtin_name(model, op.opcodeIndex)
+        if name in ("LOGISTIC", "SOFTMAX"):
+            return "probabilities"
+        if name in ("QUANTIZE", "DEQUANTIZE") or (name == "CONV_2D" and not conv_seen):
+            conv_seen = conv_seen or name == "CONV_2D"
+            tensor = int(op.inputs[0])
+            continue
+        return "logits"
+    return "logits"
+
+
+def convert(model, quantize: str = "none", io: str = "float32",
+            representative: Callable[[], Iterable[list[np.ndarray]]] | None = None) -> bytes:
+    """Convert a batch-1 Keras functional model to ``.tflite`` bytes in mode ``quantize``."""
+    import tensorflow as tf
+
+    if quantize not in QUANTIZE_MODES:
+        raise ExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if io not in IO_TYPES:
+        raise ExportError(f"unknown input/output type {io!r}; choose one of {', '.join(IO_TYPES)}")
+    if io != "float32" and quantize != "int8":
+        raise ExportError(f"--io {io} needs a full-integer model (--quantize int8); "
+                          f"a {quantize} model takes and returns float32")
+    if quantize == "int8" and representative is None:
+        raise ExportError("int8 quantization needs calibration images (--calibration-data SRC)")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        dtype = {"float32": tf.float32, "uint8": tf.uint8, "int8": tf.int8}[io]
+        converter.inference_input_type = dtype
+        converter.inference_output_type = dtype
+    # Keras' ExportArchive prints every captured variable; keep the console readable.
+    with contextlib.redirect_stdout(StringIO()):
+        return converter.convert()
+
