@@ -31,7 +31,7 @@ def _relu6(x, name):
     return keras.layers.ReLU(6.0, name=name)(x)
 
 
-def _inverted_residual(x, expansion, filters, stride, dilation, block_id):
+def _inverted_residual(x, expansion, filters, stride, dilation, block_id, taps=None):
     in_channels = x.shape[-1]
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
     y = x
@@ -39,6 +39,8 @@ def _inverted_residual(x, expansion, filters, stride, dilation, block_id):
         y = keras.layers.Conv2D(expansion * in_channels, 1, use_bias=False, kernel_initializer="he_normal",
                                 name=f"{prefix}expand")(y)
         y = _relu6(batch_norm(y, f"{prefix}expand_BN"), f"{prefix}expand_relu")
+        if taps is not None:
+            taps[f"{prefix}expand_relu"] = y
     y = keras.layers.DepthwiseConv2D(3, strides=stride, dilation_rate=dilation, padding="same", use_bias=False,
                                      depthwise_initializer="he_normal", name=f"{prefix}depthwise")(y)
     y = _relu6(batch_norm(y, f"{prefix}depthwise_BN"), f"{prefix}depthwise_relu")
@@ -50,16 +52,24 @@ def _inverted_residual(x, expansion, filters, stride, dilation, block_id):
     return y
 
 
-def mobilenetv2_features(x, output_stride=32):
+def mobilenetv2_features(x, output_stride=32, expanded_taps=()):
     """MobileNetV2 on normalized input ``x``. Returns ``{nominal stride: tensor}`` for
     strides 4, 8, 16, 32 (24, 32, 96, 320 channels); with ``output_stride`` 8 or 16 the
-    deeper taps keep that resolution (dilated convs instead of strides)."""
+    deeper taps keep that resolution (dilated convs instead of strides).
+
+    ``expanded_taps``: block ids whose expansion output (the ReLU6 after the 1x1 expand
+    conv, before the block's depthwise conv and its stride) is also returned, keyed by
+    its keras.applications layer name, e.g. ``(1, 3)`` adds ``"block_1_expand_relu"``
+    (96 channels at 1/2) and ``"block_3_expand_relu"`` (144 channels at 1/4)."""
     if output_stride not in (8, 16, 32):
         raise ValueError(f"mobilenetv2: output_stride must be 8, 16 or 32, got {output_stride}")
     x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal",
                             name="Conv1")(x)
     x = _relu6(batch_norm(x, "bn_Conv1"), "Conv1_relu")
     features, block_id, current, dilation = {}, 0, 2, 1
+    wanted, expanded = {int(i) for i in expanded_taps}, {}
+    if not wanted <= set(range(1, 17)):  # block_0 ("expanded_conv") has no expansion
+        raise ValueError(f"mobilenetv2: expanded_taps must be block ids 1..16, got {tuple(expanded_taps)}")
     for t, c, n, s in MOBILENETV2_BLOCKS:
         for i in range(n):
             stride = s if i == 0 else 1
@@ -69,11 +79,13 @@ def mobilenetv2_features(x, output_stride=32):
             else:
                 block_dilation = dilation
                 current *= stride
-            x = _inverted_residual(x, t, c, stride, block_dilation if i == 0 else dilation, block_id)
+            x = _inverted_residual(x, t, c, stride, block_dilation if i == 0 else dilation, block_id,
+                                   expanded if block_id in wanted else None)
             for nominal, tap in MOBILENETV2_TAPS.items():
                 if tap == block_id:
                     features[nominal] = x
             block_id += 1
+    features.update(expanded)
     return features
 
 
