@@ -54,8 +54,9 @@ def official_tflite(workdir, official_keras):
 def test_exported_official_sinet_matches_the_official_model(official_tflite, official_outputs):
     report = json.loads(official_tflite.with_suffix(".json").read_text())
     assert report["gpu_delegate"]["compatible"] is True
-    assert report["input_shape"] == [1, 224, 224, 3]
-    assert report["parity"]["max_abs_diff_logits"] <= 1e-4
+    assert report["inputs"][0]["shape"] == [1, 224, 224, 3] and report["inputs"][0]["dtype"] == "float32"
+    assert report["parity"]["max_abs_diff_output"] <= 1e-4 and report["quantize"] == "none"
+    assert report["ops"]["CONV_2D"] > 0 and report["size_bytes"] == official_tflite.stat().st_size
     rgb = official_outputs["image_bgr_uint8_224"][..., ::-1].astype(np.float32)
     out = TFLiteRunner(official_tflite)(rgb)
     assert np.abs(out - official_outputs["sinet_real_output"]).max() <= 1e-4

@@ -3,7 +3,8 @@ project's one GPU-delegate compatibility check.
 
 :func:`export_tflite` is what ``sinet export`` runs: fix the batch at 1, put the asked
 output head on top (:mod:`sinet_tf.export.heads`), convert (:mod:`sinet_tf.export.quantize`,
-int8 calibrated on real images through the dataset readers), reject files that break the
+int8 calibrated on real images through the dataset readers, after the numerically
+equivalent rewrites of :mod:`sinet_tf.export.rewrite`), reject files that break the
 rules (Flex/custom ops, variables, SHAPE, float islands in int8), check the GPU delegate's
 op rules, measure parity with the Keras model, optionally add MediaPipe-readable metadata,
 and write ``OUT.tflite`` and ``OUT.json`` atomically.
@@ -194,7 +195,12 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     if calibration_data is not None:
         images, labels = calibration_images(calibration_data, calibration_split, size, num_calibration, seed)
     t0 = time.perf_counter()
-    data = convert(model, quantize, io, _representative(images) if quantize == "int8" else None)
+    if quantize == "int8":
+        from sinet_tf.export.rewrite import int8_friendly
+
+        data = convert(int8_friendly(model), quantize, io, _representative(images))
+    else:
+        data = convert(model, quantize, io)
     seconds = time.perf_counter() - t0
     contents = inspect_tflite(data, quantize)
     if contents.problems:

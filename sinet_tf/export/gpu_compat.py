@@ -1372,12 +1372,27 @@ def _buffer_has_data(model: Any, buffer_index: int) -> bool:
     return buf.offset > 1 and buf.size > 0  # >2 GB models keep data outside
 
 
-def _tensor_spec(model: Any, subgraph: Any, index: int) -> TensorSpec:
+def _dequantized_constants(model: Any, subgraph: Any) -> set[int]:
+    """Outputs of DEQUANTIZE ops whose input is a constant float16 tensor. The delegate
+    treats them as constants (model_builder.cc keeps fp16 weights' DEQUANTIZE nodes out of
+    the graph and reads the weights directly), so an fp16 file is judged like its fp32 twin."""
+    out = set()
+    for op in subgraph.operators or []:
+        _, builtin, _ = _op_names(model, op.opcodeIndex)
+        inputs = _ints(op.inputs)
+        if builtin == "DEQUANTIZE" and inputs and inputs[0] >= 0:
+            t = subgraph.tensors[inputs[0]]
+            if t.type == _schema.TensorType.FLOAT16 and _buffer_has_data(model, t.buffer):
+                out.update(_ints(op.outputs))
+    return out
+
+
+def _tensor_spec(model: Any, subgraph: Any, index: int, constants: set[int] = frozenset()) -> TensorSpec:
     if index < 0:
         return _OPTIONAL
     t = subgraph.tensors[index]
     dims = _ints(t.shape)
-    is_const = _buffer_has_data(model, t.buffer)
+    is_const = _buffer_has_data(model, t.buffer) or index in constants
     data = None
     # Small int32 constants (begin/end/strides, axes, perms) are decoded so
     # that parse-time rules can look at their values.
@@ -1500,12 +1515,13 @@ def check_gpu_compatibility(
     verdicts: list[OpVerdict] = []
     for sg_index, subgraph in enumerate(fb.subgraphs):
         sigs: list[_OpSig] = []
+        constants = _dequantized_constants(fb, subgraph)
         for op in subgraph.operators or []:
             display, builtin, custom = _op_names(fb, op.opcodeIndex)
             sigs.append(_OpSig(
                 op=display, builtin=builtin, custom_name=custom,
-                inputs=[_tensor_spec(fb, subgraph, i) for i in _ints(op.inputs)],
-                outputs=[_tensor_spec(fb, subgraph, i) for i in _ints(op.outputs)],
+                inputs=[_tensor_spec(fb, subgraph, i, constants) for i in _ints(op.inputs)],
+                outputs=[_tensor_spec(fb, subgraph, i, constants) for i in _ints(op.outputs)],
                 options=op.builtinOptions,
                 custom_options=_custom_options(buf, op),
                 enhanced_broadcast=enhanced_broadcast,

@@ -14,6 +14,7 @@ that name when, and only when, the native module is missing.
 
 from __future__ import annotations
 
+import gc
 import sys
 import types
 
@@ -100,6 +101,8 @@ def add_segmenter_metadata(tflite: bytes, labels=BINARY_LABELS, mean=(0.0,), std
         bytearray(tflite), input_norm_mean=list(mean), input_norm_std=list(std),
         labels=metadata_writer.Labels().add(list(labels)), activation=act)
     model, json_text = writer.populate()
+    del writer  # its temporary folder is removed now, not at interpreter exit (noisy there)
+    gc.collect()
     return bytes(model), json_text
 
 
