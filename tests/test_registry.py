@@ -11,6 +11,11 @@ from sinet_tf.export import check_gpu_compatibility, convert_float32, TFLiteRunn
 from sinet_tf.profile import count_macs, count_params
 
 MODELS = sinet_tf.list_models()
+# Models of tens of millions of parameters (tag "large") join the per-model checks below
+# only with -m slow / SINET_SLOW=1: each costs about a minute of conversion and training
+# step on CI's two cores, and their smaller siblings exercise the same builder code.
+MODEL_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if "large" in sinet_tf.get_model_info(m).tags else m
+                for m in MODELS]
 
 
 def small_shape(name):
@@ -24,7 +29,7 @@ def _pixels(seed, shape, batch=1):
     return np.random.default_rng(seed).uniform(0, 255, (batch, *shape)).astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="module", params=MODEL_PARAMS)
 def small_model(request):
     keras.utils.set_random_seed(0)
     return sinet_tf.build_model(request.param, input_shape=small_shape(request.param))

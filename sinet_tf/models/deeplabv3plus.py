@@ -163,7 +163,7 @@ def _deeplabv3plus(name, inputs, features, num_classes, rates):
     return keras.Model(inputs, logits_output(x), name=name)
 
 
-@register_model(default_input_size=(224, 224), paper=PAPER, input_multiple=16, tags=("deeplab", "xception"))
+@register_model(default_input_size=(224, 224), paper=PAPER, input_multiple=16, tags=("deeplab", "xception", "large"))
 def deeplabv3plus_xception(input_shape=(224, 224, 3), num_classes=2, output_stride=16, atrous_rates=None,
                            backbone_weights=None, normalization="symmetric", batch_size=None):
     """DeepLabv3+ with the aligned Xception-65 (the paper's model): ASPP + decoder, separable convs.

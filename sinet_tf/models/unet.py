@@ -94,7 +94,7 @@ def unet_conv_block(x, filters, name, batch_norm=False):
     return x
 
 
-@register_model(paper=PAPER, input_multiple=16, tags=("unet",))
+@register_model(paper=PAPER, input_multiple=16, tags=("unet", "large"))
 def unet(input_shape=(224, 224, 3), num_classes=2, base_width=64, batch_norm=False, dropout=0.5,
          normalization="imagenet", batch_size=None):
     """U-Net (paper Fig. 1, "same" padding): 4 max-pool levels, widths 64..1024, logits at full resolution.
