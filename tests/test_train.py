@@ -260,3 +260,66 @@ def test_second_stage_starts_from_the_first_stages_best_model(tmp_path):
     init = [line for line in lines if line.startswith("[full] initialized")]
     assert len(init) == 1 and str(tmp_path / "run" / "encoder" / "best.keras") in init[0]
     assert int(init[0].split()[2]) > 100  # every encoder layer of sinet_encoder exists in sinet
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_auxiliary_head_trains_and_best_is_the_single_output_network(tmp_path):
+    import keras
+
+    from sinet_tf.train import SGDL2
+
+    config = _tiny(tmp_path, data="synthetic:2", model="pspnet_mobilenetv2", model_kwargs={"aux_head": True},
+                   aux_weight=0.4, input_size=[96, 96], batch_size=2, epochs=1, lr_milestones=[],
+                   optimizer="sgd", lr_schedule="poly", learning_rate=0.01, augment=False)
+    summary = train(config, tmp_path / "run", verbose=0, log=lambda *a: None)
+    row = summary["stages"][0]["history"][0]
+    assert np.isfinite(row["loss"]) and 0 <= row["val_person_iou"] <= 1
+    best = keras.models.load_model(summary["stages"][0]["best"])
+    assert best.name == "pspnet_mobilenetv2" and best.output_names == ["logits"] and len(best.outputs) == 1
+    assert not any(layer.name.startswith("aux.") for layer in best.layers)
+    last = keras.models.load_model(summary["stages"][0]["last"])
+    assert last.full_network.output_names == ["logits", "aux_logits"] and isinstance(last.optimizer, SGDL2)
+    for a, b in zip(best.get_layer("head.classifier").get_weights(),
+                    last.full_network.get_layer("head.classifier").get_weights()):
+        np.testing.assert_array_equal(a, b)   # best.keras holds the trained weights
+
+
+def test_aux_loss_is_main_plus_weighted_aux():
+    import tensorflow as tf
+
+    from sinet_tf.losses import CrossEntropy
+    from sinet_tf.train.aux_head import AuxLoss
+
+    rng = np.random.default_rng(0)
+    y = tf.constant((rng.uniform(size=(2, 8, 8)) > 0.5).astype("uint8"))
+    z = tf.constant(rng.normal(size=(2, 8, 8, 4)).astype("float32"))   # logits(2) aux_logits(2)
+    ce = CrossEntropy()
+    expected = ce.call(y, z[..., :2]) + 0.4 * ce.call(y, z[..., 2:])
+    loss = AuxLoss(CrossEntropy(), num_classes=2, aux_weight=0.4)
+    np.testing.assert_allclose(loss.call(y, z).numpy(), expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(AuxLoss.from_config(loss.get_config()).call(y, z).numpy(), expected.numpy(),
+                               rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_aux_weight_and_aux_head_must_go_together(tmp_path):
+    quiet = dict(verbose=0, log=lambda *a: None)
+    with pytest.raises(TrainingError, match="aux_weight is 0.4 but sinet_encoder has no aux_logits output"):
+        train(_tiny(tmp_path, aux_weight=0.4), tmp_path / "run1", **quiet)
+    aux_model = dict(model="pspnet_mobilenetv2", model_kwargs={"aux_head": True}, input_size=[96, 96])
+    with pytest.raises(TrainingError, match=r"auxiliary head \(aux_logits\); set aux_weight"):
+        train(_tiny(tmp_path, **aux_model), tmp_path / "run2", **quiet)
+    with pytest.raises(TrainingError, match="two-view training does not support one"):
+        train(_tiny(tmp_path, two_views=True, aux_weight=0.4, **aux_model), tmp_path / "run3", **quiet)
+    with pytest.raises(RecipeError, match="optimizer must be one of adam, sgd"):
+        load_recipe(RECIPE_DIR / "default.yaml", overrides=["optimizer=rmsprop"])
+
+
+def test_poly_schedule():
+    from sinet_tf.train.trainer import _schedule
+
+    (stage,) = load_recipe(RECIPE_DIR / "default.yaml", overrides={
+        "lr_schedule": "poly", "learning_rate": 0.01, "lr_power": 0.9, "epochs": 2}).stages
+    lr = _schedule(stage, steps_per_epoch=5)   # 10 steps in all
+    for step in (0, 3, 9):
+        assert float(lr(step)) == pytest.approx(0.01 * (1 - step / 10) ** 0.9)

@@ -34,10 +34,14 @@ class StageConfig:
     epochs: int = 300
     batch_size: int = 24
     learning_rate: float = 5e-4
+    optimizer: str = "adam"                        # adam, or sgd (with momentum; PSPNet)
+    momentum: float = 0.9                          # sgd only
+    lr_schedule: str = "step"                      # step (the three keys below) or poly
     lr_milestones: tuple[int, ...] = (150, 250)   # epochs at which the learning rate is multiplied by lr_factor
     lr_factor: float = 0.5
     lr_step_every: int | None = None               # also multiply by lr_factor every N epochs (PortraitNet: 20)
-    weight_decay: float = 2e-4                     # coupled L2 (PyTorch Adam's weight_decay)
+    lr_power: float = 0.9                          # poly: lr * (1 - step / total_steps) ** lr_power
+    weight_decay: float = 2e-4                     # coupled L2 (PyTorch's / Caffe's weight_decay)
     weight_decay_exclude: tuple[str, ...] = ("depthwise_kernel",)
     loss: Any = "ce"
     label_stride: int = 1                          # 8 for SINet's 1/8 encoder stage
@@ -47,6 +51,7 @@ class StageConfig:
     consistency_weight: float = 2.0                # two-view only: alpha of the consistency loss
     temperature: float = 1.0                       # two-view only: softening temperature T
     edge_weight: float = 0.1                       # two-view only: beta of the boundary focal loss (edge head)
+    aux_weight: float = 0.0                        # weight of the aux_logits output's loss (PSPNet: 0.4)
     init: str | None = None                        # checkpoint (.npz/.pth/.keras) or "stage:<name>" (its best)
     init_strict: bool = False
     early_stopping_patience: int | None = None
@@ -158,6 +163,12 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
         for k in ("epochs", "batch_size"):
             if int(getattr(stage, k)) < 1:
                 raise RecipeError(f"{path}: stage {stage.name!r}: {k} must be >= 1, got {getattr(stage, k)}")
+        for k, valid in (("optimizer", ("adam", "sgd")), ("lr_schedule", ("step", "poly"))):
+            if getattr(stage, k) not in valid:
+                raise RecipeError(f"{path}: stage {stage.name!r}: {k} must be one of {', '.join(valid)}, "
+                                  f"got {getattr(stage, k)!r}")
+        if stage.aux_weight < 0:
+            raise RecipeError(f"{path}: stage {stage.name!r}: aux_weight must be >= 0, got {stage.aux_weight}")
         if isinstance(stage.augment, dict):
             from sinet_tf.data.augment import PortraitNetAugmentation
 

@@ -2,8 +2,10 @@
 
 Per stage: build the model inside the distribution strategy's scope, initialize it
 (official checkpoint, a ``.keras`` file, or the best model of an earlier stage), compile
-it with the recipe's loss, Adam with coupled L2 weight decay and a step schedule, and fit
-it on the deterministic pipeline of :mod:`sinet_tf.data.pipeline`.
+it with the recipe's loss, Adam or SGD with coupled L2 weight decay and a step or "poly"
+schedule, and fit it on the deterministic pipeline of :mod:`sinet_tf.data.pipeline`. A
+network with an auxiliary head (``[logits, aux_logits]``) trains on the weighted sum of both
+losses (:mod:`sinet_tf.train.aux_head`).
 
 Files in the output folder, each written through a temporary file and a rename:
 ``<stage>/last.keras`` (model + optimizer state, every epoch), ``<stage>/best.keras``
@@ -31,20 +33,18 @@ from sinet_tf.io import save_keras_atomic, write_atomic
 from sinet_tf.losses import build_loss
 from sinet_tf.train.config import StageConfig, TrainConfig
 
-__all__ = ["AdamL2", "make_strategy", "open_source", "transfer_weights", "train", "TrainingError"]
+__all__ = ["AdamL2", "SGDL2", "make_strategy", "open_source", "transfer_weights", "train", "TrainingError"]
 
 
 class TrainingError(ValueError):
     """Raised before any training starts when the run cannot go ahead."""
 
 
-@keras.saving.register_keras_serializable(package="sinet_tf")
-class AdamL2(keras.optimizers.Adam):
-    """Adam with *coupled* L2 weight decay, ``g <- g + l2 * w``, as PyTorch's
-    ``Adam(weight_decay=...)`` that SINet's official training used; variables whose
-    path contains one of ``l2_exclude`` (default: depthwise kernels) are not decayed.
-    The decay is added in ``update_step``, i.e. to the gradient after it has been summed
-    over replicas, so it does not scale with the number of devices."""
+class _CoupledL2:
+    """*Coupled* L2 weight decay, ``g <- g + l2 * w``, for a Keras optimizer: variables whose
+    path contains one of ``l2_exclude`` (default: depthwise kernels) are not decayed. The
+    decay is added in ``update_step``, i.e. to the gradient after it has been summed over
+    replicas, so it does not scale with the number of devices."""
 
     def __init__(self, l2: float = 0.0, l2_exclude=("depthwise_kernel",), **kwargs):
         super().__init__(**kwargs)
@@ -64,6 +64,18 @@ class AdamL2(keras.optimizers.Adam):
 
     def get_config(self):
         return {**super().get_config(), "l2": self.l2, "l2_exclude": list(self.l2_exclude)}
+
+
+@keras.saving.register_keras_serializable(package="sinet_tf")
+class AdamL2(_CoupledL2, keras.optimizers.Adam):
+    """Adam with coupled L2 weight decay (:class:`_CoupledL2`), as PyTorch's
+    ``Adam(weight_decay=...)`` that SINet's official training used."""
+
+
+@keras.saving.register_keras_serializable(package="sinet_tf")
+class SGDL2(_CoupledL2, keras.optimizers.SGD):
+    """SGD (with momentum) and coupled L2 weight decay (:class:`_CoupledL2`): Caffe's SGD
+    solver and PyTorch's ``SGD(momentum=..., weight_decay=...)``, as PSPNet was trained."""
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -200,23 +212,47 @@ def _initialize(model, stage: StageConfig, run_dir: Path, log):
         log(f"[{stage.name}] initialized from checkpoint {path}")
 
 
-def _compile(model, stage: StageConfig, steps_per_epoch: int):
-    """Compile ``model`` for ``stage``; returns the model to fit (a :class:`TwoViewModel`
-    around it for two-view stages)."""
-    from sinet_tf.metrics import PersonIoU
-
+def _schedule(stage: StageConfig, steps_per_epoch: int):
+    """The learning rate: constant, steps (``lr_milestones`` and ``lr_step_every`` epochs,
+    times ``lr_factor``), or "poly", ``lr * (1 - step / total_steps) ** lr_power``, per
+    iteration over the whole stage (PSPNet, Sec. 4.1, after DeepLab)."""
+    if stage.lr_schedule == "poly":
+        return keras.optimizers.schedules.PolynomialDecay(stage.learning_rate, stage.epochs * steps_per_epoch,
+                                                          end_learning_rate=0.0, power=stage.lr_power)
     milestones = set(int(m) for m in stage.lr_milestones)
     if stage.lr_step_every:
         milestones |= set(range(stage.lr_step_every, stage.epochs, stage.lr_step_every))
     boundaries = [m * steps_per_epoch for m in sorted(milestones)]
     values = [stage.learning_rate * stage.lr_factor ** i for i in range(len(boundaries) + 1)]
-    schedule = (keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-                if boundaries else stage.learning_rate)
-    optimizer = AdamL2(learning_rate=schedule, l2=stage.weight_decay, l2_exclude=stage.weight_decay_exclude)
-    loss, metric = build_loss(stage.loss), PersonIoU()
-    if stage.two_views:
-        from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
+    return (keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+            if boundaries else stage.learning_rate)
 
+
+def _compile(model, stage: StageConfig, steps_per_epoch: int):
+    """Compile ``model`` for ``stage``; returns the model to fit (a :class:`TwoViewModel`
+    around it for two-view stages, an :class:`AuxHeadModel` for a network with an auxiliary head)."""
+    from sinet_tf.metrics import PersonIoU
+    from sinet_tf.train.aux_head import AUX_OUTPUT, AuxHeadModel, AuxLoss, has_aux_output
+    from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
+
+    optimizer_class = {"adam": AdamL2, "sgd": SGDL2}[stage.optimizer]
+    options = {"momentum": stage.momentum} if stage.optimizer == "sgd" else {}
+    optimizer = optimizer_class(learning_rate=_schedule(stage, steps_per_epoch), l2=stage.weight_decay,
+                                l2_exclude=stage.weight_decay_exclude, **options)
+    loss, metric = build_loss(stage.loss), PersonIoU()
+    aux = has_aux_output(model)
+    if aux and (stage.two_views or not stage.aux_weight):
+        raise TrainingError(f"stage {stage.name!r}: {model.name} has an auxiliary head ({AUX_OUTPUT}); "
+                            + ("two-view training does not support one" if stage.two_views else
+                               "set aux_weight (PSPNet: 0.4)") + ", or build the model without aux_head")
+    if stage.aux_weight and not aux:
+        raise TrainingError(f"stage {stage.name!r}: aux_weight is {stage.aux_weight} but {model.name} has no "
+                            f"{AUX_OUTPUT} output; build it with model_kwargs {{aux_head: true}}")
+    if aux:
+        model = AuxHeadModel(model, name=f"{model.name}_aux")
+        loss = AuxLoss(loss, num_classes=model.num_classes, aux_weight=stage.aux_weight)
+        metric = TwoViewPersonIoU(model.num_classes)   # of the main logits, the first channels
+    elif stage.two_views:
         model = TwoViewModel(model, name=f"{model.name}_two_view")
         loss = TwoViewLoss(loss, num_classes=model.num_classes, has_edge=model.has_edge,
                            consistency_weight=stage.consistency_weight, temperature=stage.temperature,

@@ -101,7 +101,8 @@ class TwoViewLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="sinet_tf")
 class TwoViewPersonIoU(PersonIoU):
-    """:class:`~sinet_tf.metrics.PersonIoU` of the textured view's mask logits."""
+    """:class:`~sinet_tf.metrics.PersonIoU` of the first ``num_classes`` channels: the textured
+    view's mask logits here, the main logits of :class:`~sinet_tf.train.aux_head.AuxHeadModel`."""
 
     def __init__(self, num_classes: int = 2, name="person_iou", **kwargs):
         super().__init__(name=name, **kwargs)
