@@ -125,6 +125,79 @@ def cmd_check_gpu(args):
     return 0 if report.compatible else 3
 
 
+def _parse_threads(text: str) -> list[int]:
+    try:
+        threads = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--threads {text!r}: expected thread counts like 1,2,4") from None
+    if not threads or min(threads) < 1:
+        raise ValueError(f"--threads {text!r}: thread counts must be >= 1")
+    return threads
+
+
+def _parse_input_ranges(items, models):
+    """``--input-range [FILE=]LO,HI`` (repeatable) -> ``{model path: (lo, hi) or None}``;
+    FILE is a path, file name or stem; without FILE= the range applies to every other file."""
+    if not items:
+        return None
+    default, per_file = None, {}
+    for item in items:
+        key, _, value = item.rpartition("=")
+        try:
+            lo, hi = (float(v) for v in value.split(","))
+        except ValueError:
+            raise ValueError(f"--input-range {item!r}: expected LO,HI or FILE=LO,HI, e.g. 0,1") from None
+        if key:
+            per_file[key] = (lo, hi)
+        else:
+            default = (lo, hi)
+    names = [(str(Path(m)), Path(m).name, Path(m).stem) for m in models]
+    for key in per_file:
+        if not any(key in n for n in names):
+            raise ValueError(f"--input-range {key}=...: {key!r} names none of the models")
+    return {n[0]: next((per_file[k] for k in n if k in per_file), default) for n in names}
+
+
+def cmd_bench(args):
+    from sinet_tf.bench import bench_table, benchmark, benchmark_on_device, write_plots
+
+    def say(msg):
+        print(msg, file=sys.stderr)
+
+    if args.adb:
+        if args.data:
+            raise ValueError("--data scores accuracy on this machine; run it without --adb (accuracy does not "
+                             "depend on the device)")
+        rows = benchmark_on_device(args.models, threads=_parse_threads(args.threads or "4"), use_gpu=args.gpu,
+                                   runs=args.runs, warmup=args.warmup, serial=args.serial,
+                                   benchmark_binary=args.benchmark_binary, progress=say)
+    else:
+        if args.gpu or args.serial or args.benchmark_binary:
+            raise ValueError("--gpu, --serial and --benchmark-binary apply to --adb runs")
+        ranges = _parse_input_ranges(args.input_range, args.models)
+        rows = benchmark(args.models, threads=_parse_threads(args.threads or "2"), warmup=args.warmup,
+                         runs=args.runs, data=args.data, split=None if args.split == "none" else args.split,
+                         num_images=args.num_images, xnnpack=not args.no_xnnpack, input_range=ranges,
+                         memory=not args.no_memory, progress=say)
+    written = write_plots(rows, args.plot) if args.plot else []
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 120).print(bench_table(rows))
+        if any(r.get("peak_memory_mb") is not None for r in rows):
+            print("peak MB: " + ("benchmark_model's peak memory footprint (periodic monitoring)" if args.adb else
+                                 "growth of the peak resident set (VmHWM) while a fresh process loads and runs "
+                                 "the model"))
+        for r in rows:
+            for w in r.get("warnings", []):
+                print(f"{r['name']}: {w}")
+    for path in written:
+        say(f"wrote {path}")
+    return 0
+
+
 def cmd_data_check(args):
     from sinet_tf.data.readers import check_dataset
 
@@ -219,6 +292,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tflite")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_gpu)
+
+    p = sub.add_parser("bench", help="latency, size, params, peak memory (and IoU) of .tflite files side by side",
+                       description="Every file runs under the same LiteRT interpreter and settings in one process, "
+                                   "timed runs interleaved across the files; peak memory is measured per file in a "
+                                   "fresh process. --adb runs TFLite's benchmark_model on an Android device instead.")
+    p.add_argument("models", nargs="+", help=".tflite files (ratios are against the first)")
+    p.add_argument("--threads", help="comma-separated thread counts (default 2; with --adb 4)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up inferences per model (default 5)")
+    p.add_argument("--runs", type=int, default=50, help="timed inferences per model (default 50)")
+    p.add_argument("--no-xnnpack", action="store_true", help="the builtin kernels without the default XNNPACK delegate")
+    p.add_argument("--input-range", action="append", metavar="[FILE=]LO,HI",
+                   help="value range RGB pixels are mapped to (default: [0,255], or [0,1] for MediaPipe's selfie "
+                        "model, recognized by its signature); FILE= (path, name or stem) for one file; repeatable; "
+                        "write negative values as --input-range=-1,1")
+    p.add_argument("--data", help="also score person IoU on this dataset (folder, list file, or synthetic[:N])")
+    p.add_argument("--split", default="val", help="split of --data (default val; 'none' for the whole folder)")
+    p.add_argument("--num-images", type=int, help="score only the first N images of --data")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (one process per "
+                                                            "model and thread count)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--plot", metavar="OUT.png", help="write a latency bar chart (and, with --data, OUT_scatter.png: "
+                                                     "latency against person IoU)")
+    p.add_argument("--adb", action="store_true", help="run on an Android device with benchmark_model (via adb)")
+    p.add_argument("--serial", help="device serial for --adb (default: the only attached device)")
+    p.add_argument("--gpu", action="store_true", help="--adb: run with the GPU delegate (--use_gpu=true)")
+    p.add_argument("--benchmark-binary", metavar="PATH", help="--adb: the android_aarch64 benchmark_model binary to "
+                                                              "push (default: one already at "
+                                                              "/data/local/tmp/benchmark_model)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train with a recipe from training/ (resumable)")
     p.add_argument("--config", required=True, help="recipe YAML, e.g. training/sinet.yaml")

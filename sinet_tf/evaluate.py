@@ -16,9 +16,11 @@ __all__ = ["evaluate"]
 
 
 def evaluate(model, data, split: str | None = "val", weights=None, boundary_width: int = 3,
-             gallery: str | Path | None = None, worst: int = 8, progress: bool = False) -> dict:
+             gallery: str | Path | None = None, worst: int = 8, progress: bool = False,
+             num_images: int | None = None) -> dict:
     """Metrics of ``model`` (``.keras``, ``.tflite``, registry name + ``weights``, or a
-    :class:`~sinet_tf.inference.Segmenter`) on ``data`` (a dataset path or ``synthetic``)."""
+    :class:`~sinet_tf.inference.Segmenter`) on ``data`` (a dataset path or ``synthetic``);
+    on its first ``num_images`` images when given."""
     from sinet_tf.inference import Segmenter
     from sinet_tf.metrics import SegmentationMetrics
     from sinet_tf.train.trainer import open_source
@@ -28,11 +30,13 @@ def evaluate(model, data, split: str | None = "val", weights=None, boundary_widt
     if len(source) == 0:
         raise ValueError(f"{data}: no images to evaluate")
     metrics = SegmentationMetrics(num_classes=2, ignore_index=source.ignore_index, boundary_width=boundary_width)
-    indices = range(len(source))
+    if num_images is not None and num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}")
+    indices = range(len(source) if num_images is None else min(num_images, len(source)))
     if progress:
         from rich.progress import track
 
-        indices = track(indices, description=f"evaluating on {len(source)} images")
+        indices = track(indices, description=f"evaluating on {len(indices)} images")
     for i in indices:
         image, label = source.read(i)
         metrics.update(segmenter.mask(image), label)
