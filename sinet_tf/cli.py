@@ -61,38 +61,22 @@ def cmd_import_weights(args):
     return 0
 
 
-def _expand_inputs(inputs):
-    from sinet_tf.io import IMAGE_SUFFIXES
-
-    files = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ValueError(f"{p}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-    return files
-
-
 def cmd_predict(args):
-    from rich.progress import track
-
     from sinet_tf.inference import Segmenter
-    from sinet_tf.io import read_rgb, write_png_atomic
+    from sinet_tf.predict import expand_inputs, parse_background, predict
 
-    files = _expand_inputs(args.inputs)
-    segmenter = Segmenter(args.model, weights=args.weights)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for f in track(files, description="segmenting", disable=len(files) < 2):
-        mask = segmenter.mask(read_rgb(f), threshold=args.threshold)
-        dest = write_png_atomic(mask * 255, out_dir / f"{f.stem}_mask.png")
-        print(f"{f} -> {dest} (person pixels: {mask.mean():.1%})")
+    expand_inputs(args.inputs)          # missing inputs and bad backgrounds fail before the model loads
+    parse_background(args.background)
+    segmenter = Segmenter(args.model, weights=args.weights, keep_aspect=args.keep_aspect)
+    predict(segmenter, args.inputs, args.output, threshold=args.threshold, background=args.background,
+            max_frames=args.frames)
+    return 0
+
+
+def cmd_demo(args):
+    from sinet_tf.demo import run_demo
+
+    run_demo(args.output, data=args.data, minutes=args.minutes, quick=args.quick)
     return 0
 
 
@@ -257,13 +241,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .keras file")
     p.set_defaults(func=cmd_import_weights)
 
-    p = sub.add_parser("predict", help="segment photos; writes <stem>_mask.png (0/255) per photo")
+    p = sub.add_parser(
+        "predict", help="segment photos, folders, videos or a webcam: masks, mattes and composites",
+        description="Per photo: <stem>_mask.png (0/255), <stem>_matte.png (person probability 0..255) and, with "
+                    "--background, <stem>_composite.jpg. Per video or webcam: <stem>_mask.mp4 and, with "
+                    "--background, <stem>_composite.mp4 (mp4v, the input's frame rate and frame count; the audio "
+                    "track is not carried over). Photos keep their aspect ratio (letterboxed to the model's "
+                    "input) and their EXIF orientation.")
     p.add_argument("model", help=".keras, .tflite, or a registry name (with --weights)")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("inputs", nargs="+", help="image files, folders (their top-level images and videos), videos "
+                                             "(.mp4 .avi .mov .mkv .webm), or a webcam index such as 0")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--weights", help="checkpoint for a registry model name (.npz, .pth, .weights.h5)")
     p.add_argument("--threshold", type=float, default=0.5, help="person probability threshold (default 0.5)")
+    p.add_argument("--background", help="also write a composite: 'blur' (the photo blurred), a colour '#RRGGBB' "
+                                        "(quote it, or leave out the #), or an image file (scaled to cover)")
+    p.add_argument("--no-keep-aspect", dest="keep_aspect", action="store_false",
+                   help="resize photos to the model's input without letterboxing (what sinet evaluate does)")
+    p.add_argument("--frames", type=int, help="stop videos and webcams after N frames")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="train a small SINet, evaluate, export fp32/int8, benchmark and write a report",
+                       description="The main job on a fresh machine, in a few minutes on a CPU: train a small SINet "
+                                   "on synthetic portraits (or --data), evaluate it, export fp32 and int8 .tflite "
+                                   "with the GPU-delegate check, benchmark both and write DIR/report.md with plots.")
+    p.add_argument("-o", "--output", default="demo", help="output folder (default demo)")
+    p.add_argument("--data", help="dataset with train/val splits (folder or list file) instead of synthetic portraits")
+    p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes (default 2.5; "
+                                                               "--quick: 0.5)")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run for CI (under 2 minutes)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a .tflite (batch 1; fp32/fp16/dynamic/int8) with a JSON report "
                                       "and GPU-delegate check")

@@ -8,7 +8,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["Segmenter", "load_keras_model", "load_model", "resize_to_input"]
+__all__ = ["LETTERBOX_FILL", "Segmenter", "letterbox", "load_keras_model", "load_model", "resize_to_input"]
+
+# Letterbox padding: mid-grey, the value PortraitNet's augmentation pads photos with in training
+# (sinet_tf/data/augment.py, labelled background there), so the bands look like something the
+# model has learned to call background; 0 (black) would be a hard edge a dark-haired person
+# could merge into, and the photo's mean would change from photo to photo.
+LETTERBOX_FILL = 128.0
 
 
 def load_keras_model(path: str | os.PathLike):
@@ -36,6 +42,20 @@ def resize_to_input(image: np.ndarray, size: tuple[int, int], nearest: bool = Fa
     if nearest:
         return cv2.resize(image, (w, h), interpolation=cv2.INTER_NEAREST)
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], fill: float = LETTERBOX_FILL):
+    """The photo scaled to fit ``size`` ``(height, width)`` with its aspect ratio kept,
+    centred and padded with ``fill``: returns the float32 RGB input and the photo's
+    ``(top, left, height, width)`` box inside it."""
+    h, w = image.shape[:2]
+    H, W = int(size[0]), int(size[1])
+    scale = min(H / h, W / w)
+    nh, nw = min(H, max(1, round(h * scale))), min(W, max(1, round(w * scale)))
+    top, left = (H - nh) // 2, (W - nw) // 2
+    out = np.full((H, W, 3), fill, np.float32)
+    out[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return out, (top, left, nh, nw)
 
 
 def _with_input_size(model, source, input_size):
@@ -93,11 +113,18 @@ class Segmenter:
 
     ``source`` is a ``.keras`` or ``.tflite`` file, or a registered model name (with
     ``weights``: an official ``.npz``/``.pth`` checkpoint, or a ``.weights.h5`` file).
-    Photos are resized to the model's input, and the person probability is resized back.
+    Photos are resized to the model's input (as the papers evaluate, and as
+    ``sinet evaluate`` does), and the person probability is resized back. With
+    ``keep_aspect=True`` (what ``sinet predict`` uses) a photo of another aspect ratio is
+    letterboxed instead (:func:`letterbox`, padded with :data:`LETTERBOX_FILL`), and the
+    padding is cropped off the prediction before it is resized back, so people are not
+    squashed or stretched.
     """
 
-    def __init__(self, source: str | os.PathLike, weights: str | os.PathLike | None = None):
+    def __init__(self, source: str | os.PathLike, weights: str | os.PathLike | None = None,
+                 keep_aspect: bool = False):
         self.source = str(source)
+        self.keep_aspect = bool(keep_aspect)
         self._tflite = None
         self._keras = None
         self._keras_fn = None
@@ -134,9 +161,16 @@ class Segmenter:
         from sinet_tf.export.heads import person_probability_from_output
 
         h, w = image_rgb.shape[:2]
-        out = self.logits(resize_to_input(image_rgb, self.input_size)[None])[0]
-        prob = person_probability_from_output(out, self.output_kind)
-        return cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        if self.keep_aspect:
+            batch, (top, left, bh, bw) = letterbox(image_rgb, self.input_size)
+        else:
+            batch = resize_to_input(image_rgb, self.input_size)
+        prob = person_probability_from_output(self.logits(batch[None])[0], self.output_kind).astype(np.float32)
+        if self.keep_aspect:
+            if prob.shape[:2] != self.input_size:  # an output below the input's resolution (an encoder)
+                prob = cv2.resize(prob, self.input_size[::-1], interpolation=cv2.INTER_LINEAR)
+            prob = prob[top:top + bh, left:left + bw]
+        return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
 
     def mask(self, image_rgb: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         """Binary person mask ``uint8 [H, W]`` in {0, 1}."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -9,32 +11,71 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["read_rgb", "write_atomic", "write_png_atomic", "save_keras_atomic", "IMAGE_SUFFIXES"]
+__all__ = ["read_rgb", "exif_orientation", "apply_exif_orientation", "atomic_path", "write_atomic",
+           "write_png_atomic", "write_image_atomic", "save_keras_atomic", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1..8) of an encoded image; 1 when there is none or it cannot be parsed."""
+    if b"Exif" not in data[:131072] and b"eXIf" not in data:
+        return 1
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            o = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # EXIF we cannot parse: leave the photo as stored
+        return 1
+    return o if 1 <= o <= 8 else 1
+
+
+def apply_exif_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an ``[H, W, ...]`` array (same result as
+    ``PIL.ImageOps.exif_transpose``), so the photo comes out upright."""
+    if orientation == 2:
+        a = a[:, ::-1]
+    elif orientation == 3:
+        a = a[::-1, ::-1]
+    elif orientation == 4:
+        a = a[::-1]
+    elif orientation == 5:
+        a = a.swapaxes(0, 1)
+    elif orientation == 6:
+        a = np.rot90(a, -1)
+    elif orientation == 7:
+        a = np.rot90(a, 2).swapaxes(0, 1)
+    elif orientation == 8:
+        a = np.rot90(a, 1)
+    return np.ascontiguousarray(a)
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as ``uint8 [H, W, 3]`` RGB (greyscale and alpha images are converted)."""
+    """Read an image as upright ``uint8 [H, W, 3]`` RGB: greyscale and alpha images are
+    converted, and the EXIF orientation is applied (as the dataset readers do)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # the orientation is applied below, explicitly
+    bgr = cv2.imdecode(data, flags) if data.size else None
     if bgr is None:
         raise ValueError(f"{path}: cannot decode this file as an image (corrupt, truncated or not an image)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return apply_exif_orientation(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), exif_orientation(data.tobytes()))
 
 
-def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so an existing
-    file is only replaced by a complete new one."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None):
+    """A temporary file beside ``path`` for a writer that needs a file name (e.g. a video
+    writer, which picks the container from ``suffix``, default ``path``'s); renamed over
+    ``path`` when the block ends without an error, removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
@@ -43,18 +84,36 @@ def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so an existing
+    file is only replaced by a complete new one."""
+    path = Path(path)
+    with atomic_path(path, suffix=".tmp") as tmp:
+        tmp.write_bytes(data)
     return path
+
+
+def write_image_atomic(image: np.ndarray, path: str | os.PathLike, fmt: str | None = None,
+                       quality: int = 95) -> Path:
+    """Encode ``image`` (grey, or RGB) as ``fmt`` (default: ``path``'s suffix; ``.png``,
+    ``.jpg`` at ``quality``, ...) and write it through a temporary file + rename."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    fmt = (fmt or Path(path).suffix or ".png").lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(fmt, img, params)
+    if not ok:
+        raise ValueError(f"{path}: {fmt[1:].upper()} encoding failed for an array of shape {img.shape} "
+                         f"and dtype {img.dtype}")
+    return write_atomic(buf.tobytes(), path)
 
 
 def write_png_atomic(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Encode ``image`` (grey, or RGB) as PNG and write it through a temporary file + rename."""
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[-1] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise ValueError(f"{path}: PNG encoding failed for an array of shape {img.shape} and dtype {img.dtype}")
-    return write_atomic(buf.tobytes(), path)
+    return write_image_atomic(image, path, fmt=".png")
 
 
 def save_keras_atomic(model, path: str | os.PathLike) -> Path:

@@ -64,7 +64,7 @@ import cv2
 import numpy as np
 
 from sinet_tf.data.base import BINARY_CLASSES, IGNORE_INDEX, SegmentationSource
-from sinet_tf.io import IMAGE_SUFFIXES
+from sinet_tf.io import IMAGE_SUFFIXES, apply_exif_orientation, exif_orientation
 
 __all__ = ["load_dataset", "check_dataset", "FileDataset", "Sample", "Problem", "DataReport",
            "DataError", "LAYOUTS"]
@@ -315,36 +315,9 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
-def _exif_orientation(data: bytes) -> int:
-    if b"Exif" not in data[:131072] and b"eXIf" not in data:
-        return 1
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            o = int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:  # EXIF we cannot parse: leave the photo as stored
-        return 1
-    return o if 1 <= o <= 8 else 1
-
-
-def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (same result as ``PIL.ImageOps.exif_transpose``)."""
-    if orientation == 2:
-        a = a[:, ::-1]
-    elif orientation == 3:
-        a = a[::-1, ::-1]
-    elif orientation == 4:
-        a = a[::-1]
-    elif orientation == 5:
-        a = a.swapaxes(0, 1)
-    elif orientation == 6:
-        a = np.rot90(a, -1)
-    elif orientation == 7:
-        a = np.rot90(a, 2).swapaxes(0, 1)
-    elif orientation == 8:
-        a = np.rot90(a, 1)
-    return np.ascontiguousarray(a)
+# EXIF orientation: one implementation, shared with sinet_tf.io.read_rgb (photos for `sinet predict`)
+_exif_orientation = exif_orientation
+_orient = apply_exif_orientation
 
 
 @dataclass

@@ -1,0 +1,199 @@
+"""`sinet predict`: photos (letterbox, EXIF), videos, webcams, composites, and the
+no-letterbox path being exactly what `sinet evaluate` scores."""
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from sinet_tf.cli import main
+from sinet_tf.inference import LETTERBOX_FILL, Segmenter, letterbox
+from sinet_tf.predict import predict
+
+VAL_PHOTOS = ("6", "8", "9")  # humanseg290 val.txt, landscape photos of different sizes
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _grey(path):
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert img is not None, f"{path} was not written"
+    return img
+
+
+def _video_info(path):
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"{path} does not open"
+    fps, frames, size = cap.get(cv2.CAP_PROP_FPS), 0, None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames, size = frames + 1, frame.shape[:2]
+    cap.release()
+    return fps, frames, size
+
+
+@pytest.fixture(scope="module")
+def official_keras(tmp_path_factory, sinet_checkpoint):
+    out = tmp_path_factory.mktemp("model") / "sinet_official.keras"
+    assert main(["import-weights", "sinet", str(sinet_checkpoint), "-o", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def segmenter(official_keras):
+    return Segmenter(official_keras, keep_aspect=True)
+
+
+@pytest.fixture(scope="module")
+def plain(official_keras):
+    return Segmenter(official_keras)  # no letterbox: what evaluate() builds
+
+
+def test_no_keep_aspect_gives_exactly_the_masks_evaluate_scores(capsys, tmp_path, official_keras, plain, humanseg):
+    from sinet_tf.data.readers import load_dataset
+    from sinet_tf.evaluate import evaluate
+
+    photos = [humanseg / "images" / f"{s}.jpg" for s in VAL_PHOTOS]
+    code, out, err = _run(capsys, "predict", official_keras, *photos, "--no-keep-aspect", "-o", tmp_path / "p")
+    assert code == 0, err
+    val = load_dataset(humanseg, split="val")
+    ious = []
+    for stem in VAL_PHOTOS:
+        i = next(k for k in range(len(val)) if val.samples[k].image.stem == stem)
+        image, label = val.read(i)
+        written = _grey(tmp_path / "p" / f"{stem}_mask.png") // 255
+        np.testing.assert_array_equal(written, plain.mask(image), err_msg=f"photo {stem}")
+        ious.append(((written == 1) & (label == 1)).sum() / ((written == 1) | (label == 1)).sum())
+    # evaluate() on these photos scores exactly the written masks
+    listing = tmp_path / "three.txt"
+    listing.write_text("".join(f"{humanseg / 'images' / f'{s}.jpg'} {humanseg / 'masks' / f'{s}.png'}\n"
+                               for s in VAL_PHOTOS))
+    assert evaluate(plain, str(listing), split=None)["person_iou"] == pytest.approx(np.mean(ious), abs=1e-6)
+
+
+def test_photo_outputs_mask_and_matte_at_the_photo_size(capsys, tmp_path, official_keras, humanseg):
+    photo = humanseg / "images" / "1.jpg"
+    code, out, _ = _run(capsys, "predict", official_keras, photo, "-o", tmp_path)
+    assert code == 0 and "1_mask.png" in out and "1_matte.png" in out
+    h, w = cv2.imread(str(photo)).shape[:2]
+    mask, matte = _grey(tmp_path / "1_mask.png"), _grey(tmp_path / "1_matte.png")
+    assert mask.shape == matte.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+    assert len(np.unique(matte)) > 10                    # soft, not binary
+    assert ((matte >= 128) == (mask == 255)).mean() > 0.999
+    truth = _grey(humanseg / "masks" / "1.png") > 127
+    pred = mask == 255
+    assert (pred & truth).sum() / (pred | truth).sum() > 0.5
+    assert not (tmp_path / "1_composite.jpg").exists()   # only with --background
+
+
+def test_letterbox_keeps_the_aspect_ratio():
+    image = np.full((50, 200, 3), 7, np.uint8)
+    x, (top, left, h, w) = letterbox(image, (128, 128))
+    assert x.shape == (128, 128, 3) and x.dtype == np.float32
+    assert (top, left, h, w) == (48, 0, 32, 128)
+    assert (x[:top] == LETTERBOX_FILL).all() and (x[top + h:] == LETTERBOX_FILL).all()
+    assert (x[top:top + h] == 7).all()
+
+
+def test_very_wide_photo_with_and_without_letterbox(tmp_path, segmenter, plain, humanseg):
+    photo = cv2.imread(str(humanseg / "images" / "1.jpg"))
+    wide = np.concatenate([photo[:, ::-1], photo, photo[:, ::-1]], axis=1)  # 3x as wide
+    cv2.imwrite(str(tmp_path / "wide.png"), wide)
+    masks = {}
+    for name, seg in (("keep", segmenter), ("squash", plain)):
+        predict(seg, [tmp_path / "wide.png"], tmp_path / name)
+        masks[name] = _grey(tmp_path / name / "wide_mask.png")
+        assert masks[name].shape == wide.shape[:2] and set(np.unique(masks[name])) <= {0, 255}
+        assert 0.02 < (masks[name] == 255).mean() < 0.9
+    assert (masks["keep"] != masks["squash"]).any()
+
+
+def test_exif_orientation_is_applied(tmp_path, segmenter, humanseg):
+    raw = cv2.cvtColor(cv2.imread(str(humanseg / "images" / "1.jpg")), cv2.COLOR_BGR2RGB)
+    im = Image.fromarray(raw)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "rotated.jpg", "JPEG", quality=95, exif=exif.tobytes())
+    predict(segmenter, [tmp_path / "rotated.jpg"], tmp_path / "out")
+    mask = _grey(tmp_path / "out" / "rotated_mask.png")
+    assert mask.shape == (raw.shape[1], raw.shape[0])  # upright: width and height swapped
+    stored = cv2.cvtColor(cv2.imread(str(tmp_path / "rotated.jpg"), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
+                          cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(mask // 255, segmenter.mask(np.rot90(stored, -1)))
+
+
+def test_composite_shows_the_colour_behind_and_the_photo_in_front(tmp_path, segmenter, humanseg):
+    photo = humanseg / "images" / "1.jpg"
+    predict(segmenter, [photo], tmp_path, background="#00C8FF")
+    comp = cv2.cvtColor(cv2.imread(str(tmp_path / "1_composite.jpg")), cv2.COLOR_BGR2RGB).astype(np.float32)
+    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB).astype(np.float32)
+    matte = _grey(tmp_path / "1_matte.png")
+    k = np.ones((7, 7), np.uint8)
+    behind = cv2.erode((matte <= 5).astype(np.uint8), k).astype(bool)       # surely background
+    front = cv2.erode((matte >= 250).astype(np.uint8), k).astype(bool)      # surely person
+    assert behind.sum() > 500 and front.sum() > 500
+    assert np.abs(comp[behind] - [0, 200, 255]).mean() < 6
+    assert np.abs(comp[front] - image[front]).mean() < 6
+    # blur and picture backgrounds: same size, and the background really changes
+    other = np.zeros((40, 90, 3), np.uint8)
+    other[:, :45] = [255, 0, 0]
+    cv2.imwrite(str(tmp_path / "bg.png"), other)
+    for spec, name in (("blur", "b"), (str(tmp_path / "bg.png"), "i")):
+        predict(segmenter, [photo], tmp_path / name, background=spec)
+        out = cv2.imread(str(tmp_path / name / "1_composite.jpg")).astype(np.float32)
+        assert out.shape == image.shape and np.abs(out[..., ::-1][behind] - image[behind]).mean() > 3
+
+
+def test_video_keeps_frame_rate_and_frame_count(capsys, tmp_path, official_keras, segmenter, humanseg):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 120))
+    for i in range(12):
+        writer.write(cv2.resize(cv2.imread(str(humanseg / "images" / f"{i + 1}.jpg")), (160, 120)))
+    writer.release()
+    code, out, err = _run(capsys, "predict", official_keras, tmp_path, "--background", "00ff00",
+                          "-o", tmp_path / "out")  # a folder: its top-level video
+    assert code == 0, err
+    assert "audio is not carried over" in out
+    for name in ("clip_mask.mp4", "clip_composite.mp4"):
+        fps, frames, size = _video_info(tmp_path / "out" / name)
+        assert (fps, frames, size) == (10.0, 12, (120, 160)), name
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary files left
+    predict(segmenter, [video], tmp_path / "five", max_frames=5)
+    assert _video_info(tmp_path / "five" / "clip_mask.mp4")[:2] == (10.0, 5)
+    assert not (tmp_path / "five" / "clip_composite.mp4").exists()
+
+
+def test_clear_errors(capsys, tmp_path, official_keras, humanseg):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is text, not a video")
+    code, _, err = _run(capsys, "predict", official_keras, fake, "-o", tmp_path / "o")
+    assert code == 2 and "could not read video" in err and "notes.mp4" in err
+    assert not (tmp_path / "o" / "notes_mask.mp4").exists()
+
+    code, _, err = _run(capsys, "predict", official_keras, "7", "--frames", "3", "-o", tmp_path / "o")
+    assert code == 2 and "webcam 7 could not be opened" in err
+
+    code, _, err = _run(capsys, "predict", official_keras, humanseg / "images" / "1.jpg", "--background", "#12345",
+                        "-o", tmp_path / "o")
+    assert code == 2 and "--background '#12345'" in err
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.png").write_bytes((humanseg / "images" / "1.jpg").read_bytes())
+    code, _, err = _run(capsys, "predict", official_keras, humanseg / "images" / "1.jpg", tmp_path / "a",
+                        "-o", tmp_path / "o")
+    assert code == 2 and "different output folders" in err
+
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(capsys, "predict", official_keras, tmp_path / "empty", "-o", tmp_path / "o")
+    assert code == 2 and "holds no images" in err
+
+    model = tmp_path / "model.txt"
+    model.write_text("not a model")
+    code, _, err = _run(capsys, "predict", model, humanseg / "images" / "1.jpg", "-o", tmp_path / "o")
+    assert code == 2 and "unknown model" in err
