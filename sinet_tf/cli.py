@@ -18,7 +18,8 @@ def _quiet_tensorflow():
 def _console():
     from rich.console import Console
 
-    return Console()
+    # a pipe or a log file gets full rows instead of rich's 80-column wrapping
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def cmd_models(args):
@@ -26,11 +27,13 @@ def cmd_models(args):
     from sinet_tf.profile import count_macs, count_params
 
     rows = []
-    for name in sinet_tf.list_models():
-        info = sinet_tf.get_model_info(name)
+    names = args.names or sinet_tf.list_models()
+    infos = [sinet_tf.get_model_info(name) for name in names]  # an unknown name fails before any build
+    for name, info in zip(names, infos):
         model = sinet_tf.build_model(name)
         rows.append({"name": name, "params": count_params(model), "macs": count_macs(model),
-                     "input_size": list(info.default_input_size), "num_classes": info.num_classes,
+                     "input_size": list(info.default_input_size), "input_multiple": info.input_multiple,
+                     "num_classes": info.num_classes,
                      "paper": info.paper, "description": info.description})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -232,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list every registered model with params and multiply-adds")
+    p.add_argument("names", nargs="*", help="only these models (default: all; building the large ones takes a minute)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_models)
 

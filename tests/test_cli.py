@@ -17,19 +17,28 @@ def _run(capsys, *argv):
 
 
 def test_models_json_lists_params_macs_and_input_size(capsys):
-    code, out, _ = _run(capsys, "models", "--json")
+    # a few models: building all of them (the large zoo variants too) takes about a minute
+    code, out, _ = _run(capsys, "models", "sinet", "extremec3net", "portraitnet", "pspnet_mobilenetv2", "--json")
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
+    assert list(rows) == ["sinet", "extremec3net", "portraitnet", "pspnet_mobilenetv2"]
     assert rows["sinet"]["params"] == 86_910 and rows["extremec3net"]["params"] == 37_738
     # SINet paper: 0.064 GMACs at 224x224; ExtremeC3Net: 0.128
     assert round(rows["sinet"]["macs"] / 1e9, 3) == 0.064
     assert round(rows["extremec3net"]["macs"] / 1e9, 3) == 0.128
-    assert all(r["input_size"] == [224, 224] for r in rows.values())
+    # the portrait models run at the papers' 224x224; every default size is one the model takes
+    assert all(rows[m]["input_size"] == [224, 224] for m in ("sinet", "extremec3net", "portraitnet"))
+    assert all(s % r["input_multiple"] == 0 for r in rows.values() for s in r["input_size"])
 
 
 def test_models_table(capsys):
-    code, out, _ = _run(capsys, "models")
-    assert code == 0 and "sinet" in out and "86,910" in out
+    code, out, _ = _run(capsys, "models", "sinet", "sinet_encoder")
+    assert code == 0 and "sinet_encoder" in out and "86,910" in out and "86,764" in out
+
+
+def test_models_unknown_name_suggests_the_closest(capsys):
+    code, _, err = _run(capsys, "models", "sinett")
+    assert code == 2 and "did you mean 'sinet'" in err
 
 
 @pytest.fixture(scope="module")
