@@ -7,33 +7,8 @@ import numpy as np
 import pytest
 
 import sinet_tf
-from sinet_tf.export import check_gpu_compatibility, convert_float32, TFLiteRunner
+from registry_cases import MODELS, pixels, small_model, small_shape  # noqa: F401  (small_model: a fixture)
 from sinet_tf.profile import count_macs, count_params
-
-MODELS = sinet_tf.list_models()
-# Models of tens of millions of parameters (tag "large") join the per-model checks below
-# only with -m slow / SINET_SLOW=1: each costs about a minute of conversion and training
-# step on CI's two cores, and their smaller siblings exercise the same builder code.
-MODEL_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if "large" in sinet_tf.get_model_info(m).tags else m
-                for m in MODELS]
-
-
-def small_shape(name):
-    """The smallest square input of at least 64 pixels that the architecture takes."""
-    multiple = sinet_tf.get_model_info(name).input_multiple
-    side = multiple * math.ceil(64 / multiple)
-    return (side, side, 3)
-
-
-def _pixels(seed, shape, batch=1):
-    return np.random.default_rng(seed).uniform(0, 255, (batch, *shape)).astype(np.float32)
-
-
-@pytest.fixture(scope="module", params=MODEL_PARAMS)
-def small_model(request):
-    keras.utils.set_random_seed(0)
-    return sinet_tf.build_model(request.param, input_shape=small_shape(request.param))
-
 
 def test_registry_lists_the_foundation_models():
     assert {"sinet", "sinet_encoder", "extremec3net", "extremec3net_encoder"} <= set(MODELS)
@@ -43,7 +18,7 @@ def test_forward_shape_and_finite_output(small_model):
     name = small_model.name
     info = sinet_tf.get_model_info(name)
     shape = small_model.input_shape[1:]
-    y = np.asarray(small_model(_pixels(1, shape, batch=2), training=False))
+    y = np.asarray(small_model(pixels(1, shape, batch=2), training=False))
     assert y.shape[0] == 2 and y.shape[-1] == info.num_classes
     stride = shape[0] // y.shape[1]
     assert shape[0] % y.shape[1] == 0 and stride in (1, 4, 8), f"{name}: output {y.shape}"
@@ -54,7 +29,7 @@ def test_forward_shape_and_finite_output(small_model):
 def test_config_round_trip(small_model):
     clone = keras.Model.from_config(small_model.get_config())
     clone.set_weights(small_model.get_weights())
-    x = _pixels(2, small_model.input_shape[1:])
+    x = pixels(2, small_model.input_shape[1:])
     np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(small_model(x)), atol=1e-5)
     assert clone.get_config() == small_model.get_config()
 
@@ -63,7 +38,7 @@ def test_keras_file_round_trip_in_safe_mode(small_model, tmp_path):
     path = tmp_path / f"{small_model.name}.keras"
     small_model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True, compile=False)
-    x = _pixels(3, small_model.input_shape[1:])
+    x = pixels(3, small_model.input_shape[1:])
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(small_model(x)), atol=1e-5)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
 
@@ -73,7 +48,7 @@ def test_one_training_step_reduces_nothing_to_nan_and_moves_weights(small_model)
     model.set_weights(small_model.get_weights())
     classes = model.output_shape[-1]
     out_hw = model.output_shape[1:3]
-    x = _pixels(4, model.input_shape[1:], batch=2)
+    x = pixels(4, model.input_shape[1:], batch=2)
     y = (np.random.default_rng(5).uniform(size=(2, *out_hw, 1)) > 0.5).astype(np.float32)
     loss = (keras.losses.BinaryCrossentropy(from_logits=True) if classes == 1
             else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -83,16 +58,6 @@ def test_one_training_step_reduces_nothing_to_nan_and_moves_weights(small_model)
     assert math.isfinite(history.history["loss"][0])
     changed = sum(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
     assert changed == len(before), f"{len(before) - changed} trainable tensors did not move"
-
-
-def test_tflite_conversion_matches_keras_and_is_gpu_compatible(small_model):
-    data = convert_float32(small_model)
-    runner = TFLiteRunner(data)
-    assert runner.input_shape == (1, *small_model.input_shape[1:])
-    x = _pixels(6, small_model.input_shape[1:])
-    np.testing.assert_allclose(runner(x), np.asarray(small_model(x)), atol=1e-4)
-    report = check_gpu_compatibility(data)
-    assert report.compatible, report.summary()
 
 
 def test_params_and_macs_are_reported(small_model):

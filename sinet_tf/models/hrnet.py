@@ -325,7 +325,7 @@ def hrnetv2_w18_small(input_shape=(224, 224, 3), num_classes=2, version=2, align
                     backbone_weights, normalization, batch_size)
 
 
-@register_model(default_input_size=(224, 224), paper=PAPER, input_multiple=INPUT_MULTIPLE, tags=("hrnet",))
+@register_model(default_input_size=(224, 224), paper=PAPER, input_multiple=INPUT_MULTIPLE, tags=("hrnet", "large"))
 def hrnetv2_w18(input_shape=(224, 224, 3), num_classes=2, align_corners=False, backbone_weights=None,
                 normalization="imagenet", batch_size=None):
     """HRNetV2-W18 (C = 18; stage modules 1, 4, 3 of 4 blocks), logits at full resolution."""
@@ -333,7 +333,7 @@ def hrnetv2_w18(input_shape=(224, 224, 3), num_classes=2, align_corners=False, b
                     normalization, batch_size)
 
 
-@register_model(default_input_size=(224, 224), paper=PAPER, input_multiple=INPUT_MULTIPLE, tags=("hrnet",))
+@register_model(default_input_size=(224, 224), paper=PAPER, input_multiple=INPUT_MULTIPLE, tags=("hrnet", "large"))
 def hrnetv2_w48(input_shape=(224, 224, 3), num_classes=2, align_corners=False, backbone_weights=None,
                 normalization="imagenet", batch_size=None):
     """HRNetV2-W48 (C = 48; the authors' Cityscapes model), logits at full resolution."""

@@ -151,7 +151,7 @@ def _resnet_pspnet(depth, input_shape, num_classes, aux_head, backbone_weights, 
                    backbone_weights)
 
 
-_TAGS = ("pspnet",)
+_TAGS = ("pspnet", "large")
 
 
 @register_model(default_input_size=(480, 480), paper=PAPER, input_multiple=PSPNET_INPUT_MULTIPLE, tags=_TAGS)
