@@ -7,7 +7,8 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance
 
 from sinet_tf.data.augment import (
-    PortraitNetAugmentation, geometric_transform, sample_params, texture_transform)
+    MARGIN, RING, TEXTURE_OPS, PortraitNetAugmentation, augment_batch, augment_example, canvas_size,
+    geometric_transform, make_canvas, sample_params, texture_transform)
 from sinet_tf.data.base import ArraySource
 from sinet_tf.data.pipeline import make_pipeline
 from conftest import assert_label_matches_photo, make_blob_source as _blob_source
@@ -190,7 +191,150 @@ def test_pipeline_errors():
 def test_spec_validation():
     with pytest.raises(ValueError, match="scale"):
         PortraitNetAugmentation(scale=(1.5, 0.5))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        PortraitNetAugmentation(scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="blur_kernels"):
         PortraitNetAugmentation(blur_kernels=(7,))
     with pytest.raises(ValueError, match="flip_prob"):
         PortraitNetAugmentation(flip_prob=2.0)
+    with pytest.raises(ValueError, match="image_fill"):
+        PortraitNetAugmentation(image_fill=127.5)
+    with pytest.raises(ValueError, match="label_fill"):
+        PortraitNetAugmentation(label_fill=256)
+
+
+# ---- the batched fast path (augment_batch) against the per-example reference forms ----
+
+def _canvases(src, spec, out_hw):
+    hw = canvas_size(spec, out_hw)
+    return np.stack([make_canvas(*src.read(i), hw, spec.image_fill, spec.label_fill) for i in range(len(src))])
+
+
+def _unpack(canvas):
+    """Packed canvas -> (photo float32 [h, w, 3], label uint8 [h, w]) without the ring."""
+    b = canvas.view(np.uint8).reshape(canvas.shape + (4,))[RING:-RING, RING:-RING]
+    return b[..., :3].astype(np.float32), b[..., 3].copy()
+
+
+def test_canvas_packs_photo_label_and_a_ring_of_fill():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (50, 70, 3)).astype(np.uint8)
+    label = rng.integers(0, 2, (50, 70)).astype(np.uint8)
+    canvas = make_canvas(image, label, (30, 40), image_fill=100, label_fill=7)
+    assert canvas.dtype == np.int32 and canvas.shape == (30 + 2 * RING, 40 + 2 * RING)
+    b = canvas.view(np.uint8).reshape(canvas.shape + (4,))
+    ring = np.ones(canvas.shape, bool)
+    ring[RING:-RING, RING:-RING] = False
+    np.testing.assert_array_equal(b[ring], np.tile([100, 100, 100, 7], (ring.sum(), 1)))
+    photo, lbl = _unpack(canvas)
+    np.testing.assert_array_equal(photo, cv2.resize(image, (40, 30), interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(lbl, cv2.resize(label, (40, 30), interpolation=cv2.INTER_NEAREST))
+    np.testing.assert_array_equal(canvas[RING:-RING, RING:-RING] & 255, photo[..., 0])  # R: the low byte
+    # zooming in up to 1.5x: the canvas keeps 1.5 photo pixels per output pixel
+    assert canvas_size(SPEC, (224, 224)) == (336, 336)
+    assert canvas_size(PortraitNetAugmentation(scale=(0.5, 1.0)), (64, 96)) == (64, 96)
+
+
+def test_batched_warp_samples_like_image_projective_transform():
+    """augment_batch's gather + bilinear/nearest on the canvases gives what
+    ImageProjectiveTransformV3 (geometric_transform) gives on the same canvases: the same
+    geometry, pixel-centre convention and constant fill (128 photo, 0 label)."""
+    spec = PortraitNetAugmentation(texture_prob=0.0)
+    src = _blob_source(4, seed=3)
+    canvas = _canvases(src, spec, (64, 64))
+    seeds = tf.constant([[21, i] for i in range(4)], tf.int64)
+    images, plain, labels = (t.numpy() for t in augment_batch(canvas, seeds, (64, 64), spec, two_views=True))
+    params = sample_params(spec, seeds)
+    padded = 0
+    for i in range(4):
+        photo, lbl = _unpack(canvas[i])
+        ref_img, ref_lbl = geometric_transform(photo, lbl, {k: v[i] for k, v in params.items()}, (64, 64))
+        # (the batched path draws its parameters in XLA: the same numbers to float rounding)
+        np.testing.assert_allclose(plain[i], ref_img.numpy(), atol=0.1)
+        np.testing.assert_allclose(images[i], plain[i], atol=1e-3)  # no texture op drawn
+        assert (labels[i] != ref_lbl.numpy()).mean() < 0.002
+        padded += int((ref_img.numpy() == 128).all(-1).sum())
+    assert padded > 0  # the fill was exercised
+
+
+def test_batched_texture_is_texture_transform_of_the_warped_photo():
+    """Away from a 3-pixel border (where the batch reads the warped margin and
+    texture_transform pads symmetrically), each textured image of a batch is
+    texture_transform of its plain view with the example's parameters."""
+    src = _blob_source(4, seed=5)
+    canvas = _canvases(src, SPEC, (64, 64))
+    seeds = tf.constant([[8, i] for i in range(4)], tf.int64)
+    images, plain, _ = (t.numpy() for t in augment_batch(canvas, seeds, (64, 64), SPEC, two_views=True))
+    params = sample_params(SPEC, seeds)
+    applied = set()
+    for i in range(4):
+        p = {k: v[i] for k, v in params.items()}
+        applied |= {op for op in TEXTURE_OPS if bool(p[f"apply_{op}"])}
+        ref = texture_transform(plain[i], p, SPEC).numpy()
+        inner = (slice(MARGIN, -MARGIN), slice(MARGIN, -MARGIN))
+        np.testing.assert_allclose(images[i][inner], ref[inner], atol=0.05)
+    assert applied == set(TEXTURE_OPS)  # these seeds exercise every op
+
+
+def test_an_example_depends_on_its_seed_and_photo_only():
+    """Not on the batch size, its batch-mates or the padding of a short last batch: batches
+    of 4 and 1 (padded to 4) hold the same examples as batches of 2, 2 and 1 (padded to 2),
+    and augment_example (a batch of one) gives the same again."""
+    src = _blob_source(5, seed=6)
+
+    def examples(batch_size):
+        batches = _batches(make_pipeline(src, (64, 64), batch_size, seed=2, shuffle=False))
+        return [b.shape[0] for b, _ in batches], np.concatenate([x for x, _ in batches]), \
+            np.concatenate([y for _, y in batches])
+
+    sizes4, x4, y4 = examples(4)
+    sizes2, x2, y2 = examples(2)
+    assert sizes4 == [4, 1] and sizes2 == [2, 2, 1]
+    np.testing.assert_allclose(x4, x2, atol=1e-3)
+    np.testing.assert_array_equal(y4, y2)
+    image, label = src.read(3)
+    one = augment_example(image, label, tf.constant([2, 3], tf.int64), (64, 64), SPEC)
+    np.testing.assert_allclose(one[0].numpy(), x4[3], atol=1e-3)
+    np.testing.assert_array_equal(one[1].numpy(), y4[3])
+
+
+def test_sample_params_of_a_batch_equal_one_at_a_time():
+    seeds = tf.constant([[3, i] for i in range(5)] + [[-7, 2 ** 40]], tf.int64)
+    batch = sample_params(SPEC, seeds)
+    for i in range(6):
+        one = sample_params(SPEC, seeds[i])
+        for k, v in one.items():
+            np.testing.assert_array_equal(batch[k][i].numpy(), v.numpy(), err_msg=k)
+    a = sample_params(SPEC, tf.constant([3, 0], tf.int64))
+    b = sample_params(SPEC, tf.constant([4, 0], tf.int64))
+    assert float(a["angle_deg"]) != float(b["angle_deg"]) and float(a["scale"]) != float(b["scale"])
+
+
+def test_noise_is_gaussian_per_pixel_and_channel_and_fresh_per_seed():
+    img = np.full((96, 96, 3), 128, np.float32)
+
+    def noise(seed):
+        params = {f"apply_{n}": tf.constant(n == "noise") for n in TEXTURE_OPS}
+        params["noise_seed"] = tf.constant(seed, tf.int64)
+        return texture_transform(tf.constant(img), params, SPEC).numpy() - 128
+
+    a, b = noise([1, 2]), noise([1, 3])
+    np.testing.assert_array_equal(a, noise([1, 2]))  # a pure function of the seed
+    z = np.concatenate([a.ravel(), b.ravel(), noise([5, 0]).ravel(), noise([6, 1]).ravel()]) / 10.0
+    # moments of N(0, 1) within ~5 standard errors (n = 110592)
+    assert abs(z.std() - 1) < 0.015 and abs(z.mean()) < 0.015
+    assert abs(np.mean(z ** 3)) < 0.06 and abs(np.mean(z ** 4) - 3) < 0.15  # skewness, kurtosis
+    assert 0.0455 - 0.005 < np.mean(np.abs(z) > 2) < 0.0455 + 0.005  # the tails: P(|z| > 2)
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.02  # another seed: another field
+    assert abs(np.corrcoef(a[..., 0].ravel(), a[..., 1].ravel())[0, 1]) < 0.03  # channels independent
+    assert abs(np.corrcoef(a[:, :-1].ravel(), a[:, 1:].ravel())[0, 1]) < 0.03  # neighbours independent
+
+
+def test_two_views_plain_is_the_untextured_augmentation():
+    src = _blob_source(4, seed=7)
+    views, y = next(iter(make_pipeline(src, (64, 64), 4, two_views=True, seed=9, shuffle=False)))
+    untextured = PortraitNetAugmentation(texture_prob=0.0)
+    x0, y0 = next(iter(make_pipeline(src, (64, 64), 4, augment=untextured, seed=9, shuffle=False)))
+    # same seeds, same geometry: texture_prob only decides the texture coins
+    np.testing.assert_allclose(views["plain"].numpy(), x0.numpy(), atol=1e-3)
+    np.testing.assert_array_equal(y.numpy(), y0.numpy())

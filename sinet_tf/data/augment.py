@@ -12,22 +12,63 @@ also uses:
   kernel 3 or 5, and PIL-style enhancements: colour U(0.4, 1.7), brightness U(0.4, 1.7),
   contrast U(0.6, 1.5), sharpness U(0.8, 1.3).
 
-Backend ``tf`` (here) is pure TensorFlow: the resize to the model input and the affine
-transform are one ``ImageProjectiveTransformV3`` per tensor (so photo and label share the
-exact same sampling grid), and every random draw is a stateless op seeded per example,
-so a pipeline is deterministic for a given seed. Backend ``imgaug`` lives in
-:mod:`sinet_tf.data.augment_imgaug`.
+Backend ``tf`` (here) is TensorFlow, and works on whole batches (:func:`augment_batch`):
+one small XLA function draws every example's parameters, one XLA function does the pixel
+work of the batch.
+
+* **Canvas.** Each photo is resized once, when the pipeline first reads it, onto a
+  fixed-size *canvas* (:func:`canvas_size`: the output size times the largest zoom, 1.5
+  by default, so that zooming in samples as many photo pixels per output pixel as the
+  full-size photo would give), packed with its label into one ``int32`` per pixel (R, G,
+  B and label bytes) inside a :data:`RING` of fill values (128, 128, 128, 0)
+  (:func:`make_canvas`). Photos of any size then batch, and constant-fill sampling is
+  unchanged: outside the photo means outside the canvas. **This is the one change in
+  pixel values**: the photo is resized first (OpenCV ``INTER_AREA`` when it shrinks,
+  ``INTER_LINEAR`` otherwise; the label ``INTER_NEAREST``) and then sampled from the
+  canvas, instead of being sampled once from the full-size photo (which aliases when it
+  shrinks). The geometry is that of :func:`geometric_transform`, in coordinates of the
+  photo stretched to the output size.
+* **Warp.** Flip, rotation, scale and translation are one affine map from output to
+  canvas pixel centres per image (:func:`_affine_to_input`). One XLA gather per output
+  pixel fetches its packed 2x2 window (indices computed beforehand, vectorised), from
+  which the photo is interpolated bilinearly and the label taken from the nearest of
+  the four taps, as ``ImageProjectiveTransformV3`` with constant fill does (the tests
+  compare the two), photo and label on one sampling grid. The warp covers a 3-pixel
+  :data:`MARGIN` around the output, which the blur (radius 2) and PIL's smoothing
+  (radius 1) read instead of a padded border (:func:`texture_transform`, given one photo,
+  pads it symmetrically instead: the results agree away from the border).
+* **Texture.** Noise, blur and sharpness run in a loop over the images of the batch,
+  each skipped by an XLA conditional when its coin says no. PIL's colour, brightness,
+  contrast and sharpness (``out = degenerate + factor * (image - degenerate)``) are
+  linear per image, so colour, brightness and contrast commute with the sharpness' (linear)
+  smoothing and are applied after it as one affine map per image, batched, in the pass
+  that also interleaves the channels: the same result as applying them in turn.
+* **Random numbers.** Every draw is a counter-based hash (murmur3's 32-bit finaliser) of
+  the example's seed (int64 ``[2]``), a stream number and, for the noise, the element
+  index: a pure function of ``(seed, example)``, vectorised over a batch. An example's
+  augmentation depends on its own seed and photo only, never on its batch-mates or the
+  batch size. The noise is Box-Muller (a 20-bit radius draw and a 12-bit angle, so
+  |z| <= 5.4 sigma), i.i.d. per pixel and channel and drawn afresh for every example.
+
+:func:`geometric_transform` (``ImageProjectiveTransformV3`` on any photo) and
+:func:`texture_transform` (one photo, explicit parameters) are the per-example reference
+forms. :func:`augment_batch` needs XLA's CPU (or GPU) compiler, part of every TensorFlow
+build; it compiles once per output size, batch size and spec (a few seconds).
+Backend ``imgaug`` lives in :mod:`sinet_tf.data.augment_imgaug`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["PortraitNetAugmentation", "sample_params", "augment_example", "geometric_transform",
-           "texture_transform", "resize_example"]
+__all__ = ["PortraitNetAugmentation", "sample_params", "augment_example", "augment_batch",
+           "geometric_transform", "texture_transform", "resize_example", "canvas_size", "make_canvas",
+           "MARGIN", "RING", "TEXTURE_OPS"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +97,14 @@ class PortraitNetAugmentation:
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"augmentation range {name}={getattr(self, name)} has low > high")
+        if self.scale[0] <= 0:
+            raise ValueError(f"augmentation scale must be positive, got {self.scale}")
         if not self.blur_kernels or set(self.blur_kernels) - {3, 5}:
             raise ValueError(f"augmentation blur_kernels must be drawn from (3, 5), got {self.blur_kernels}")
+        for name in ("image_fill", "label_fill"):
+            v = getattr(self, name)
+            if not (0 <= v <= 255 and float(v) == int(v)):
+                raise ValueError(f"augmentation {name} must be an integer in [0, 255] (a uint8 value), got {v}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,41 +117,156 @@ class PortraitNetAugmentation:
 
 
 TEXTURE_OPS = ("noise", "blur", "color", "brightness", "contrast", "sharpness")
+MARGIN = 3  # pixels warped around the output: blur radius 2 + PIL SMOOTH radius 1
+RING = 2  # pixels of fill around a canvas: every 2x2 window of a point outside is all fill
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's convert("L") used by ImageEnhance
+
+# ----------------------------------------------------------------------------------------
+# counter-based random numbers (uint32 arithmetic: wrapping products, logical shifts)
+
+_U32 = tf.uint32
 
 
-def _uniform(seed, low_high, shape=()):
-    lo, hi = low_high
-    return tf.random.stateless_uniform(shape, seed, minval=lo, maxval=hi, dtype=tf.float32)
+def _shr(x, k):
+    return tf.bitwise.right_shift(x, tf.constant(k, _U32))
+
+
+def _xor(a, b):
+    return tf.bitwise.bitwise_xor(a, b)
+
+
+def _fmix(h):
+    """murmur3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
+    h = _xor(h, _shr(h, 16)) * tf.constant(0x85EBCA6B, _U32)
+    h = _xor(h, _shr(h, 13)) * tf.constant(0xC2B2AE35, _U32)
+    return _xor(h, _shr(h, 16))
+
+
+def _seed_keys(seed):
+    """int64 ``[..., 2]`` seeds -> two uint32 ``[...]`` key words, two independent hash
+    chains over the four 32-bit words of the seed."""
+    seed = tf.cast(seed, tf.int64)
+    w = []
+    for j in range(2):
+        s = seed[..., j]
+        w.append(tf.cast(tf.bitwise.bitwise_and(s, 0xFFFFFFFF), _U32))
+        w.append(tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(s, 32), 0xFFFFFFFF), _U32))
+    c1, c2 = tf.constant(0x243F6A88, _U32), tf.constant(0x13198A2E, _U32)
+    k1 = _fmix(_fmix(_xor(_fmix(_fmix(_xor(w[0], c1)) + w[1]), w[2])) + w[3])
+    k2 = _fmix(_xor(_fmix(_fmix(_xor(_fmix(w[0] + c2), w[1])) + w[2]), w[3]))
+    return k1, k2
+
+
+def _stream_bits(keys, streams):
+    """32 random bits (uint32 ``[..., len(streams)]``) for the draws numbered ``streams``
+    of each key pair."""
+    k1, k2 = keys
+    offsets = tf.constant([(j * 0x9E3779B9) & 0xFFFFFFFF for j in streams], _U32)
+    return _fmix(_xor(_fmix(k1[..., None] + offsets), k2[..., None]))
+
+
+def _to_float(bits):
+    """uint32 values below 2^31 as float32 (via int32: a native conversion)."""
+    return tf.cast(tf.bitcast(bits, tf.int32), tf.float32)
+
+
+def _unit(bits):
+    """Top 24 bits as a float32 in [0, 1)."""
+    return _to_float(_shr(bits, 8)) * (1.0 / 16777216.0)
+
+
+_NOISE_STREAMS = (1000, 1001)
+
+
+# ln(1 + t) on [0, 1): least-squares degree-7 polynomial, |error| < 3e-7
+_LOG1P = (0.99997851, -0.49942326, 0.32793693, -0.2250061, 0.1333498, -0.05417405, 0.01048553)
+
+
+def _log_unit(u):
+    """ln(u) for float32 u in (0, 1], vectorisable: exponent and a polynomial of the
+    mantissa (XLA's own logarithm handles every special value and costs 3x the work)."""
+    bits = tf.bitcast(u, tf.int32)
+    exponent = tf.cast(tf.bitwise.right_shift(bits, 23) - 127, tf.float32)
+    t = tf.bitcast(tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(bits, 0x7FFFFF), 0x3F800000), tf.float32) - 1.0
+    poly = _LOG1P[-1]
+    for c in _LOG1P[-2::-1]:
+        poly = c + t * poly
+    return exponent * math.log(2.0) + t * poly
+
+
+def _standard_normal(noise_keys, shape):
+    """Standard normal noise ``[B, *shape]``, one field per key pair (uint32 ``[B, 2]``
+    from :func:`_draw`): murmur3's finaliser of (key, element index) -> Box-Muller with a
+    20-bit radius draw and a 12-bit angle (so |z| <= 5.4), from polynomials accurate to
+    ~1e-6 (XLA's logarithm is slow and its cosine scalar on CPU)."""
+    expand = [-1] + [1] * len(shape)
+    nk1, nk2 = (tf.reshape(noise_keys[:, i], expand) for i in range(2))
+    index = tf.bitcast(tf.reshape(tf.range(int(np.prod(shape)), dtype=tf.int32), [1, *shape]), _U32)
+    # one finaliser round of an affine function of the index, its multiplier odd (a bijection
+    # of the index per key: no value repeats within a field)
+    h = _fmix(index * tf.bitwise.bitwise_or(nk1, tf.constant(1, _U32)) + nk2)
+    u1 = (_to_float(_shr(h, 12)) + 0.5) * (1.0 / 1048576.0)  # (0, 1)
+    v = _to_float(tf.bitwise.bitwise_and(h, tf.constant(4095, _U32))) * (1.0 / 4096.0) - 0.5  # [-1/2, 1/2)
+    # cos(2 pi v) = 1 - 2 sin^2(pi v), sin by its Taylor series to degree 11 (|error| < 1e-6);
+    # products with reciprocals (XLA keeps a division by a constant a division)
+    a = math.pi * v
+    a2 = a * a
+    s = 1 - a2 * (1 / 110)
+    for n in (72, 42, 20, 6):
+        s = 1 - a2 * (1 / n) * s
+    s = a * s
+    radius2 = tf.maximum(-2.0 * _log_unit(u1), 0.0)
+    return tf.sqrt(radius2) * (1.0 - 2.0 * s * s)
+
+
+# stream numbers of the draws (fixed: they define which random numbers a seed gives)
+_UNIFORMS = ("flip", "angle_deg", "scale", "tx", "ty", "blur_kernel", "color", "brightness", "contrast",
+             "sharpness")
+_PARAM_STREAMS = tuple(range(len(_UNIFORMS))) + tuple(11 + i for i in range(len(TEXTURE_OPS)))
+
+
+def _draw(spec: PortraitNetAugmentation, seed):
+    """``(params, noise keys [..., 2])`` from int64 seeds ``[..., 2]``: one hash of each seed
+    and one vectorised draw per parameter."""
+    seed = tf.cast(seed, tf.int64)
+    bits = _stream_bits(_seed_keys(seed), _PARAM_STREAMS + _NOISE_STREAMS)
+    u = _unit(bits[..., :len(_PARAM_STREAMS)])  # [..., 16] in [0, 1)
+    ranges = {"angle_deg": spec.rotation_deg, "scale": spec.scale, "tx": spec.translate, "ty": spec.translate,
+              "color": spec.color, "brightness": spec.brightness, "contrast": spec.contrast,
+              "sharpness": spec.sharpness}
+    lo = tf.constant([float(ranges[k][0]) if k in ranges else 0.0 for k in _UNIFORMS], tf.float32)
+    span = tf.constant([float(ranges[k][1] - ranges[k][0]) if k in ranges else 1.0 for k in _UNIFORMS], tf.float32)
+    values = tf.unstack(lo + span * u[..., :len(_UNIFORMS)], axis=-1)
+    p = dict(zip(_UNIFORMS, values))
+    p["flip"] = values[0] < spec.flip_prob
+    n_k = len(spec.blur_kernels)
+    kernel_index = tf.minimum(tf.cast(values[5] * n_k, tf.int32), n_k - 1)
+    p["blur_kernel"] = tf.gather(tf.constant(spec.blur_kernels, tf.int32), kernel_index)
+    p["noise_seed"] = seed
+    apply = tf.unstack(u[..., len(_UNIFORMS):] < spec.texture_prob, axis=-1)
+    for name, a in zip(TEXTURE_OPS, apply):
+        p[f"apply_{name}"] = a
+    return p, bits[..., len(_PARAM_STREAMS):]
 
 
 def sample_params(spec: PortraitNetAugmentation, seed) -> dict[str, tf.Tensor]:
-    """Draw every random parameter of one example from a stateless ``seed`` (shape [2]).
+    """Draw every random parameter of one example from its ``seed`` (int64 ``[2]``), or of
+    a batch from seeds ``[B, 2]`` (each example from its own seed: the same values as one
+    at a time).
 
     Returned so that tests can check ranges, and so that two views can share geometry.
+    ``noise_seed`` is the seed the example's noise field is drawn from.
     """
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=16)
-    p = {
-        "flip": tf.random.stateless_uniform((), seeds[0]) < spec.flip_prob,
-        "angle_deg": _uniform(seeds[1], spec.rotation_deg),
-        "scale": _uniform(seeds[2], spec.scale),
-        "tx": _uniform(seeds[3], spec.translate),
-        "ty": _uniform(seeds[4], spec.translate),
-        "blur_kernel": tf.gather(tf.constant(spec.blur_kernels, tf.int32),
-                                 tf.random.stateless_uniform((), seeds[5], 0, len(spec.blur_kernels), tf.int32)),
-        "color": _uniform(seeds[6], spec.color),
-        "brightness": _uniform(seeds[7], spec.brightness),
-        "contrast": _uniform(seeds[8], spec.contrast),
-        "sharpness": _uniform(seeds[9], spec.sharpness),
-        "noise_seed": seeds[10],
-    }
-    apply = tf.random.stateless_uniform((len(TEXTURE_OPS),), seeds[11]) < spec.texture_prob
-    for i, name in enumerate(TEXTURE_OPS):
-        p[f"apply_{name}"] = apply[i]
-    return p
+    return _draw(spec, seed)[0]
+
+
+# ----------------------------------------------------------------------------------------
+# geometry
 
 
 def _affine_to_input(params, in_hw, out_hw):
-    """The 8 projective coefficients mapping an output pixel to the input pixel it samples.
+    """The 8 projective coefficients (``[..., 8]``, the last two 0) mapping an output pixel
+    to the input pixel it samples, for scalar or batched ``params``.
 
     Output coordinates are those of the photo stretched to the output size (the plain
     resize of the official SINet pipeline); in them the augmentation flips, rotates and
@@ -114,10 +276,10 @@ def _affine_to_input(params, in_hw, out_hw):
     in_h, in_w = tf.cast(in_hw[0], tf.float32), tf.cast(in_hw[1], tf.float32)
     out_h, out_w = float(out_hw[0]), float(out_hw[1])
     cx, cy = (out_w - 1) / 2.0, (out_h - 1) / 2.0
-    theta = params["angle_deg"] * (math.pi / 180.0)
+    theta = tf.cast(params["angle_deg"], tf.float32) * (math.pi / 180.0)
     cos, sin = tf.cos(theta), tf.sin(theta)
-    s = params["scale"]
-    tx, ty = params["tx"] * out_w, params["ty"] * out_h
+    s = tf.cast(params["scale"], tf.float32)
+    tx, ty = tf.cast(params["tx"], tf.float32) * out_w, tf.cast(params["ty"], tf.float32) * out_h
     # inverse of p = R S (q - c) + c + t  ->  q = S^-1 R^-1 (p - c - t) + c
     a, b = cos / s, sin / s
     c_, d = -sin / s, cos / s
@@ -130,7 +292,8 @@ def _affine_to_input(params, in_hw, out_hw):
     sx, sy = in_w / out_w, in_h / out_h
     row_x = [qx[0] * sx, qx[1] * sx, (qx[2] + 0.5) * sx - 0.5]
     row_y = [qy[0] * sy, qy[1] * sy, (qy[2] + 0.5) * sy - 0.5]
-    return tf.stack([*row_x, *row_y, 0.0, 0.0])
+    zero = tf.zeros_like(a)
+    return tf.stack([*row_x, *row_y, zero, zero], axis=-1)
 
 
 def _project(x, transform, out_hw, interpolation, fill):
@@ -140,7 +303,9 @@ def _project(x, transform, out_hw, interpolation, fill):
 
 
 def geometric_transform(image, label, params, out_hw):
-    """Resize to ``out_hw`` and apply flip/rotation/scale/translation to photo and label.
+    """Resize to ``out_hw`` and apply flip/rotation/scale/translation to photo and label,
+    sampling the photo given (any size) once, with ``ImageProjectiveTransformV3``: the
+    reference form of the geometry that :func:`augment_batch` applies to its canvases.
 
     ``image`` float32 ``[H, W, 3]``, ``label`` uint8/int ``[H, W]``; returns float32
     ``[h, w, 3]`` (bilinear, padded with ``image_fill``) and uint8 ``[h, w]`` (nearest,
@@ -148,80 +313,322 @@ def geometric_transform(image, label, params, out_hw):
     """
     spec_fill_img, spec_fill_lbl = params.get("image_fill", 128.0), params.get("label_fill", 0)
     transform = _affine_to_input(params, tf.shape(image)[:2], out_hw)
-    # float32 in: TF's float kernel is faster than its uint8 one, even counting the cast
     img = _project(tf.cast(image, tf.float32), transform, out_hw, "BILINEAR", spec_fill_img)
     lbl = _project(tf.cast(label[..., None], tf.float32), transform, out_hw, "NEAREST", spec_fill_lbl)
     return img, tf.cast(lbl[..., 0], tf.uint8)
 
 
-def _grey(x):
-    # ITU-R 601-2 luma, as PIL's convert("L") used by ImageEnhance
-    return tf.reduce_sum(x * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+def canvas_size(spec: PortraitNetAugmentation, out_hw) -> tuple[int, int]:
+    """The size photos are cached at for output size ``out_hw``: ``out_hw`` times the
+    largest zoom of ``spec`` (at least 1), so that zooming in samples as many photo
+    pixels per output pixel as the full-size photo would give (when it has them)."""
+    zoom = max(1.0, float(spec.scale[1]))
+    return int(math.ceil(out_hw[0] * zoom - 1e-6)), int(math.ceil(out_hw[1] * zoom - 1e-6))
 
 
-# OpenCV's GaussianBlur with sigma 0 uses these fixed (binomial) kernels for k <= 5; padded to 5 taps.
-_BINOMIAL_5TAP = {3: [0.0, 0.25, 0.5, 0.25, 0.0], 5: [0.0625, 0.25, 0.375, 0.25, 0.0625]}
+def make_canvas(image, label, canvas_hw, image_fill=128, label_fill=0) -> np.ndarray:
+    """``image`` uint8 ``[H, W, 3]`` and ``label`` uint8 ``[H, W]`` resized to ``canvas_hw``
+    and packed as int32 ``[h + 4, w + 4]`` (bytes R, G, B, label, little end first) with a
+    ring of :data:`RING` pixels of ``(image_fill,) * 3 + (label_fill,)``: the input of
+    :func:`augment_batch`."""
+    import cv2
+
+    h, w = int(canvas_hw[0]), int(canvas_hw[1])
+    image = np.asarray(image, np.uint8)
+    label = np.asarray(label, np.uint8)
+    if image.ndim != 3 or image.shape[-1] != 3 or label.shape != image.shape[:2]:
+        raise ValueError(f"make_canvas: image {image.shape} and label {label.shape} do not match "
+                         "([H, W, 3] and [H, W])")
+    shrink = image.shape[0] >= h and image.shape[1] >= w
+    if image.shape[:2] != (h, w):
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+    r = RING
+    packed = np.empty((h + 2 * r, w + 2 * r, 4), np.uint8)
+    packed[...] = (int(image_fill),) * 3 + (int(label_fill),)
+    packed[r:-r, r:-r, :3] = image
+    packed[r:-r, r:-r, 3] = label
+    return np.ascontiguousarray(packed.view("<i4")[..., 0], dtype=np.int32)
 
 
-def _gaussian_kernel(k):
-    table = tf.constant([_BINOMIAL_5TAP[3], _BINOMIAL_5TAP[5]], tf.float32)
-    return tf.gather(table, tf.cast(k > 3, tf.int32))
+def _byte(packed, i):
+    """Byte ``i`` (0 = least significant) of int32 ``packed``."""
+    shifted = tf.bitwise.right_shift(packed, 8 * i) if i else packed
+    return tf.bitwise.bitwise_and(shifted, 255)
 
 
-def _shift_sum(x, taps_1d, axis):
-    """``sum_k taps[k] * x shifted by k - 2`` along ``axis`` with symmetric edges (5 taps):
-    a few element-wise ops, much faster on CPU than a 1x5 depthwise convolution."""
-    pad = [[0, 0]] * 3
-    pad[axis] = [2, 2]
-    y = tf.pad(x, pad, mode="SYMMETRIC")
-    size = tf.shape(x)[axis]
-    out = 0.0
-    for k in range(5):
-        out += taps_1d[k] * (y[k:k + size] if axis == 0 else y[:, k:k + size])
+def _sample_grid(coeffs, out_hw, margin):
+    """Canvas coordinates (x, y) ``[B, h + 2m, w + 2m]`` of the output pixel centres plus
+    ``margin`` pixels around the output, for ``coeffs [B, 6]`` mapping output (x, y) to
+    canvas (x, y)."""
+    hh, ww = out_hw[0] + 2 * margin, out_hw[1] + 2 * margin
+    ys = tf.range(-margin, hh - margin, dtype=tf.float32)[None, :, None]
+    xs = tf.range(-margin, ww - margin, dtype=tf.float32)[None, None, :]
+    c = coeffs[:, :, None, None]
+    return c[:, 0] * xs + c[:, 1] * ys + c[:, 2], c[:, 3] * xs + c[:, 4] * ys + c[:, 5]
+
+
+def _gather_index(coeffs, canvas_hw, out_hw, margin):
+    """Flat int32 index ``[B, h + 2m, w + 2m]`` into a batch of packed canvases (rings
+    included) of the top-left tap of each output pixel's 2x2 bilinear window (computed
+    apart from the gather: fused into XLA's gather loop, this arithmetic runs unvectorised).
+
+    Window starts are clamped to [-2, size] (canvas pixels), so that a window always lies
+    within the canvas and its two-pixel :data:`RING`, and the window of a point outside the
+    photo holds fill values only: constant-fill sampling needs no test per pixel."""
+    x, y = _sample_grid(coeffs, out_hw, margin)
+    hc, wc = canvas_hw
+    hp, wp = hc + 2 * RING, wc + 2 * RING
+    if coeffs.shape[0] is not None and coeffs.shape[0] * hp * wp >= 2 ** 31:
+        raise ValueError(f"a batch of {coeffs.shape[0]} canvases of {hp}x{wp} is too large for int32 indexing")
+    x0 = tf.cast(tf.clip_by_value(tf.floor(x), -RING, wc + RING - 2), tf.int32) + RING
+    y0 = tf.cast(tf.clip_by_value(tf.floor(y), -RING, hc + RING - 2), tf.int32) + RING
+    return tf.range(tf.shape(coeffs)[0])[:, None, None] * (hp * wp) + y0 * wp + x0
+
+
+def _warp(canvas, index, coeffs, out_hw, margin):
+    """Sample packed canvases ``[B, Hc + 4, Wc + 4]`` at the output grid plus ``margin``
+    pixels around it; ``coeffs [B, 6]`` map output (x, y) to canvas (x, y), ``index`` is
+    :func:`_gather_index` of them.
+
+    Returns the photo planar float32 ``[B, 3, h + 2m, w + 2m]`` (bilinear) and the label
+    uint8 ``[B, h, w]`` (nearest), outside the canvas the ring's fill values: as
+    ``ImageProjectiveTransformV3`` with constant fill, pixel centres at integers.
+    """
+    from tensorflow.compiler.tf2xla.python import xla as tfxla
+
+    batch, wp = canvas.shape[0], int(canvas.shape[2])
+    hh, ww = out_hw[0] + 2 * margin, out_hw[1] + 2 * margin
+    # one gather of the rows [i, i + 1] and [i + wp, i + wp + 1]: [B, hh, ww, 2, 2]
+    dims = tfxla.xla_data_pb2.GatherDimensionNumbers(
+        offset_dims=[4], collapsed_slice_dims=[], start_index_map=[0], index_vector_dim=4)
+    starts = tf.stack([index, index + wp], axis=-1)[..., None]
+    win = tfxla.gather(tf.reshape(canvas, [-1]), starts, dims, [2], True)
+    win.set_shape([batch, hh, ww, 2, 2])
+    x, y = _sample_grid(coeffs, out_hw, margin)
+    # (a clamped window is all fill, so its weights do not matter)
+    fx, fy = x - tf.floor(x), y - tf.floor(y)
+    taps = [win[..., i, j] for i in (0, 1) for j in (0, 1)]
+    planes = []
+    for ch in range(3):
+        v = [tf.cast(_byte(t, ch), tf.float32) for t in taps]
+        top = v[0] + fx * (v[1] - v[0])
+        bottom = v[2] + fx * (v[3] - v[2])
+        planes.append(top + fy * (bottom - top))
+    right, low = fx >= 0.5, fy >= 0.5
+    nearest = tf.where(low, tf.where(right, taps[3], taps[2]), tf.where(right, taps[1], taps[0]))
+    label = tf.cast(_byte(nearest, 3), tf.uint8)
+    if margin:
+        label = label[:, margin:-margin, margin:-margin]
+    return tf.stack(planes, axis=1), label
+
+
+# ----------------------------------------------------------------------------------------
+# texture
+
+
+def _taps(x, taps, axis):
+    """``sum_k taps[k] * x[i + k]`` along ``axis`` (2 = rows, 3 = columns): a valid
+    correlation, the output ``len(taps) - 1`` shorter."""
+    n = len(taps)
+    size = int(x.shape[axis]) - (n - 1)
+    out = None
+    for k, t in enumerate(taps):
+        part = x[:, :, k:k + size] if axis == 2 else x[:, :, :, k:k + size]
+        out = t * part if out is None else out + t * part
     return out
 
 
-def _separable_blur(x, taps_1d):
-    return _shift_sum(_shift_sum(x, taps_1d, 0), taps_1d, 1)
+def _grey(x):  # planar [B, 3, ...] -> [B, 1, ...]
+    return _LUMA[0] * x[:, 0:1] + _LUMA[1] * x[:, 1:2] + _LUMA[2] * x[:, 2:3]
 
 
-# PIL's ImageFilter.SMOOTH, the degenerate image of ImageEnhance.Sharpness: (3x3 box sum + 4 * centre) / 13
-def _smooth(x):
-    ones = tf.constant([0.0, 1.0, 1.0, 1.0, 0.0])
-    return (_shift_sum(_shift_sum(x, ones, 0), ones, 1) + 4.0 * x) / 13.0
+_FACTORS = ("sigma", "t1", "t2", "sharpness", "color", "brightness", "contrast")
 
 
-def texture_transform(image, params, spec: PortraitNetAugmentation):
-    """PortraitNet's texture changes on a float32 photo in [0, 255] (order: noise, blur,
-    colour, brightness, contrast, sharpness; each gated by its own coin)."""
-    x = image
+def _texture_factors(p, spec: PortraitNetAugmentation):
+    """Per-image factors ``[B, 7]`` (in :data:`_FACTORS` order) of the gated texture ops:
+    each op's own when its coin says yes, else the value that leaves the image as it is."""
+    blur = p["apply_blur"]
+    f = {
+        "sigma": tf.where(p["apply_noise"], float(spec.noise_sigma), 0.0),
+        # OpenCV's GaussianBlur with sigma 0 uses the binomial kernels [1 2 1]/4 and
+        # [1 4 6 4 1]/16 for k = 3, 5, here as 5 taps [t2 t1 1-2(t1+t2) t1 t2];
+        # not applied: the identity [0 0 1 0 0]
+        "t1": tf.where(blur, 0.25, 0.0),
+        "t2": tf.where(blur & (p["blur_kernel"] > 3), 0.0625, 0.0),
+        "sharpness": tf.where(p["apply_sharpness"], p["sharpness"], 1.0),
+        "color": tf.where(p["apply_color"], p["color"], 1.0),
+        "brightness": tf.where(p["apply_brightness"], p["brightness"], 1.0),
+        "contrast": tf.where(p["apply_contrast"], p["contrast"], 1.0),
+    }
+    return tf.stack([tf.cast(f[k], tf.float32) for k in _FACTORS], axis=-1)
 
-    def when(flag, fn, x):
-        return tf.cond(flag, lambda: fn(x), lambda: x)
 
-    x = when(params["apply_noise"],
-             lambda x: x + tf.random.stateless_normal(tf.shape(x), params["noise_seed"], stddev=spec.noise_sigma), x)
-    x = when(params["apply_blur"], lambda x: _separable_blur(x, _gaussian_kernel(params["blur_kernel"])), x)
-    x = tf.clip_by_value(x, 0.0, 255.0)
-    # PIL ImageEnhance: out = degenerate + factor * (image - degenerate)
-    x = when(params["apply_color"], lambda x: _grey(x) + params["color"] * (x - _grey(x)), x)
-    x = when(params["apply_brightness"], lambda x: params["brightness"] * x, x)
-    x = when(params["apply_contrast"],
-             lambda x: (lambda m: m + params["contrast"] * (x - m))(tf.reduce_mean(_grey(x))), x)
-    x = when(params["apply_sharpness"], lambda x: _smooth(x) + params["sharpness"] * (x - _smooth(x)), x)
-    return tf.clip_by_value(x, 0.0, 255.0)
+def _texture_one(x, noise_keys, f):
+    """The texture ops that read neighbours or cost most, on one image: ``x`` planar float32
+    ``[1, 3, h + 6, w + 6]`` (the warped photo with a 3-pixel margin), ``noise_keys [2]``,
+    ``f [7]`` its factors (:func:`_texture_factors`). Returns the noised, blurred, clipped
+    and sharpened centre ``z [3, h, w]`` and the mean grey before the sharpening (the
+    contrast's degenerate).
+
+    An op whose coin said no is skipped (XLA conditionals): this is why a batch loops over
+    its images rather than gating every op arithmetically. Noise and blur share one
+    four-way branch: XLA turns a conditional whose branches are all cheap into a select
+    of both, and the noise's logarithm in two of the branches keeps this one a branch."""
+    shape = [int(d) for d in x.shape[1:]]
+    sigma, t1, t2, sharpness = f[0], f[1], f[2], f[3]
+    kernel = [t2, t1, 1.0 - 2.0 * (t1 + t2), t1, t2]
+
+    def noisy():
+        return x + sigma * _standard_normal(noise_keys[None], shape)
+
+    def blur(v):
+        return tf.clip_by_value(_taps(_taps(v, kernel, 2), kernel, 3), 0.0, 255.0)
+
+    def crop(v):  # the region the blur returns
+        return v[:, :, 2:-2, 2:-2]
+
+    which = 2 * tf.cast(sigma > 0.0, tf.int32) + tf.cast(t1 > 0.0, tf.int32)
+    y = tf.switch_case(which, [
+        lambda: crop(x),  # a warped photo is in [0, 255] already
+        lambda: blur(x),
+        lambda: tf.clip_by_value(crop(noisy()), 0.0, 255.0),
+        lambda: blur(noisy()),
+    ])  # [1, 3, h + 2, w + 2]
+    y.set_shape([1, shape[0], shape[1] - 4, shape[2] - 4])
+    centre = y[:, :, 1:-1, 1:-1]
+
+    def sharpen():
+        # ImageEnhance.Sharpness: degenerate = PIL's SMOOTH filter, (3x3 box sum + 4 * centre) / 13
+        ones = [1.0, 1.0, 1.0]
+        smooth = (_taps(_taps(y, ones, 2), ones, 3) + 4.0 * centre) * (1.0 / 13.0)
+        return smooth + sharpness * (centre - smooth)
+
+    z = tf.cond(tf.not_equal(sharpness, 1.0), sharpen, lambda: centre)
+    return z[0], tf.reduce_mean(_grey(centre))
+
+
+def _texture_planar(x, noise_keys, factors):
+    """PortraitNet's texture changes on a batch: ``x`` planar float32 ``[B, 3, h + 6, w + 6]``
+    (photos with a 3-pixel margin), ``noise_keys [B, 2]``, ``factors [B, 7]`` from
+    :func:`_texture_factors`; returns NHWC ``[B, h, w, 3]``. Order as in the spec: noise,
+    blur, clip, colour, brightness, contrast, sharpness, clip.
+
+    Noise, blur and sharpness run in a loop over the images (:func:`_texture_one`).
+    Colour, brightness and contrast are linear per image and so commute with the (linear)
+    smoothing of the sharpness op: they are applied after it, as one affine map per image
+    (the same result as applying them in turn), in the batched pass that also interleaves
+    the channels."""
+    z, mean = tf.map_fn(lambda a: _texture_one(a[0][None], a[1], a[2]), (x, noise_keys, factors),
+                        fn_output_signature=(tf.float32, tf.float32))
+    f = {k: tf.reshape(factors[:, i], [-1, 1, 1, 1]) for i, k in enumerate(_FACTORS)}
+    # colour: degenerate = the grey image; brightness: black; contrast: the mean grey after
+    # brightness (colour keeps the grey)
+    m = f["brightness"] * tf.reshape(mean, [-1, 1, 1, 1])
+    g = _grey(z)
+    out = m + f["contrast"] * (f["brightness"] * (g + f["color"] * (z - g)) - m)
+    return tf.transpose(tf.clip_by_value(out, 0.0, 255.0), [0, 2, 3, 1])
+
+
+def _per_image(seeds, spec: PortraitNetAugmentation, canvas_hw, out_hw):
+    """Everything random about a batch (a function of its own, apart from the pixel work:
+    inside it, XLA would fuse these few numbers per image into every pixel): the canvas
+    transforms ``[B, 6]``, the noise keys ``[B, 2]``, the texture factors ``[B, 7]`` and
+    the gather index ``[B, h + 6, w + 6]``."""
+    p, keys = _draw(spec, seeds)
+    coeffs = _affine_to_input(p, canvas_hw, out_hw)[:, :6]
+    return coeffs, keys, _texture_factors(p, spec), _gather_index(coeffs, canvas_hw, out_hw, MARGIN)
+
+
+def _augment_core(canvas, coeffs, keys, factors, index, out_hw, two_views):
+    plain, label = _warp(canvas, index, coeffs, out_hw, MARGIN)
+    textured = _texture_planar(plain, keys, factors)
+    if two_views:
+        plain = tf.transpose(plain[:, :, MARGIN:-MARGIN, MARGIN:-MARGIN], [0, 2, 3, 1])
+        return textured, plain, label
+    return textured, label
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_per_image(spec: PortraitNetAugmentation, canvas_hw: tuple[int, int], out_hw: tuple[int, int]):
+    # compiled too: a few hundred tiny ops, which XLA runs in one go
+    return tf.function(functools.partial(_per_image, spec=spec, canvas_hw=canvas_hw, out_hw=out_hw),
+                       jit_compile=True, autograph=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_core(out_hw: tuple[int, int], two_views: bool):
+    return tf.function(functools.partial(_augment_core, out_hw=out_hw, two_views=two_views),
+                       jit_compile=True, autograph=False)
+
+
+def augment_batch(canvas, seeds, out_hw, spec: PortraitNetAugmentation, two_views: bool = False):
+    """Augment a batch: ``canvas`` int32 ``[B, Hc + 4, Wc + 4]`` from :func:`make_canvas`
+    (``Hc, Wc = canvas_size(spec, out_hw)``), ``seeds`` int64 ``[B, 2]`` (one per example).
+
+    Returns ``(image float32 [B, h, w, 3] in [0, 255], label uint8 [B, h, w])`` or, with
+    ``two_views``, ``(textured, plain, label)`` sharing the same geometry (PortraitNet's
+    consistency loss). The pixel work is one XLA-compiled function per ``(out_hw,
+    two_views)`` and batch shape; example ``i`` depends only on ``canvas[i]`` and ``seeds[i]``.
+    """
+    out_hw = (int(out_hw[0]), int(out_hw[1]))
+    canvas = tf.convert_to_tensor(canvas, tf.int32)
+    canvas_hw = (int(canvas.shape[1]) - 2 * RING, int(canvas.shape[2]) - 2 * RING)
+    per_image = _compiled_per_image(spec, canvas_hw, out_hw)(tf.convert_to_tensor(seeds, tf.int64))
+    return _compiled_core(out_hw, bool(two_views))(canvas, *per_image)
 
 
 def augment_example(image, label, seed, out_hw, spec: PortraitNetAugmentation, two_views: bool = False):
-    """Augment one example: returns ``(image, label)`` or, with ``two_views``,
-    ``(textured, plain, label)`` sharing the same geometry (PortraitNet's consistency loss)."""
-    params = sample_params(spec, seed)
-    params["image_fill"], params["label_fill"] = spec.image_fill, spec.label_fill
-    plain, lbl = geometric_transform(image, label, params, out_hw)
-    textured = texture_transform(plain, params, spec)
-    if two_views:
-        return textured, plain, lbl
-    return textured, lbl
+    """Augment one example (``image`` uint8 ``[H, W, 3]``, ``label`` uint8 ``[H, W]``, ``seed``
+    int64 ``[2]``): the canvas and :func:`augment_batch` with a batch of one, so exactly what
+    the pipeline produces for this example. Returns ``(image, label)`` or, with
+    ``two_views``, ``(textured, plain, label)``."""
+    hw = canvas_size(spec, out_hw)
+
+    def _canvas(img, lbl):
+        return make_canvas(img, lbl, hw, spec.image_fill, spec.label_fill)
+
+    canvas = tf.numpy_function(_canvas, [tf.cast(image, tf.uint8), tf.cast(label, tf.uint8)], tf.int32,
+                               stateful=False)
+    canvas.set_shape([hw[0] + 2 * RING, hw[1] + 2 * RING])
+    outs = augment_batch(canvas[None], tf.reshape(tf.cast(seed, tf.int64), [1, 2]), out_hw, spec, two_views)
+    return tuple(o[0] for o in outs)
+
+
+def _params_or_neutral(params):
+    """Batch-of-one parameters for :func:`texture_transform`; missing ones leave the image alone."""
+    def get(name, default, dtype):
+        return tf.reshape(tf.cast(params.get(name, default), dtype), [1])
+
+    p = {f"apply_{n}": get(f"apply_{n}", False, tf.bool) for n in TEXTURE_OPS}
+    p["blur_kernel"] = get("blur_kernel", 3, tf.int32)
+    for n in ("color", "brightness", "contrast", "sharpness"):
+        p[n] = get(n, 1.0, tf.float32)
+    p["noise_seed"] = tf.reshape(tf.cast(params.get("noise_seed", [0, 0]), tf.int64), [1, 2])
+    return p
+
+
+def _texture_core(image, keys, factors):
+    h, w = int(image.shape[0]), int(image.shape[1])
+    x = tf.pad(tf.transpose(image, [2, 0, 1])[None], [[0, 0], [0, 0], [MARGIN] * 2, [MARGIN] * 2],
+               mode="SYMMETRIC")
+    x.set_shape([1, 3, h + 2 * MARGIN, w + 2 * MARGIN])
+    return _texture_planar(x, keys, factors)[0]
+
+
+_compiled_texture = tf.function(_texture_core, jit_compile=True, autograph=False)
+
+
+def texture_transform(image, params, spec: PortraitNetAugmentation):
+    """PortraitNet's texture changes on one float32 photo ``[H, W, 3]`` in [0, 255] (order:
+    noise, blur, colour, brightness, contrast, sharpness; each gated by its ``apply_*``
+    flag, a missing flag meaning off), with the borders padded symmetrically: the same
+    computation :func:`augment_batch` runs on its warped batches (which read a warped
+    margin instead of padding)."""
+    p = _params_or_neutral(params)
+    keys = _draw(spec, p["noise_seed"])[1]
+    return _compiled_texture(tf.convert_to_tensor(image, tf.float32), keys, _texture_factors(p, spec))
 
 
 def resize_example(image, label, out_hw):

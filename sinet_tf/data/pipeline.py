@@ -1,10 +1,19 @@
-"""The ``tf.data`` input pipeline: source -> (cache) -> per-epoch order -> augment -> batch -> prefetch.
+"""The ``tf.data`` input pipeline: source -> (cache) -> per-epoch order -> augment + batch -> prefetch.
 
 Every random choice is a pure function of ``(seed, epoch, position)``: the order of epoch
 ``e`` is a stateless shuffle seeded by ``(seed, e)``, and the augmentation of the example
 at position ``p`` is seeded by ``(seed, e * n + p)``. A run resumed at epoch ``e`` therefore
 sees exactly the batches the uninterrupted run would have seen, and two runs with the same
 seed are identical.
+
+With the ``tf`` backend the order is batched first: one ``tf.numpy_function`` hands over a
+batch of cached canvases (:func:`sinet_tf.data.augment.make_canvas`, built once per photo;
+``cache=False`` rebuilds them every epoch) and XLA-compiled calls augment the whole batch
+(:func:`sinet_tf.data.augment.augment_batch`). A last, smaller batch is padded to the batch
+size for those calls (one compiled shape) and cut back; each example still depends only on
+its own photo and seed. The augmentation maps the batches of all epochs at once (one
+function instance per iterator, however many epochs). The ``imgaug`` backend and the plain
+resize (no augmentation) map one example at a time, then batch.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from sinet_tf.data.augment import PortraitNetAugmentation, augment_example, resize_example
+from sinet_tf.data.augment import (
+    RING, PortraitNetAugmentation, augment_batch, canvas_size, make_canvas, resize_example)
 from sinet_tf.data.base import SegmentationSource
 
 __all__ = ["make_pipeline", "BACKENDS", "steps_per_epoch"]
@@ -42,6 +52,42 @@ class _Reader:
         return item
 
 
+class _CanvasReader:
+    """A batch of packed canvases (:func:`make_canvas`) by index for ``tf.numpy_function``,
+    optionally keeping them (the decoded photo itself is not kept: the canvas is all the
+    augmentation reads, and it is smaller than most photos)."""
+
+    def __init__(self, source: SegmentationSource, cache: bool, canvas_hw, image_fill, label_fill):
+        self.source, self.cache = source, cache
+        self.canvas_hw, self.fills = canvas_hw, (image_fill, label_fill)
+        self._store: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _canvas(self, i):
+        item = self._store.get(i)
+        if item is None:
+            image, label = self.source.read(i)
+            try:
+                item = make_canvas(image, label, self.canvas_hw, *self.fills)
+            except ValueError as e:
+                raise ValueError(f"{self.source.describe(i)}: {e}") from None
+            if self.cache:
+                with self._lock:
+                    self._store[i] = item
+        return item
+
+    def __call__(self, indices):
+        # 64-byte aligned, as TensorFlow wants its buffers: handed over without a copy
+        first = self._canvas(int(indices[0]))
+        shape, nbytes = (len(indices), *first.shape), len(indices) * first.nbytes
+        raw = np.empty(nbytes + 64, np.uint8)
+        start = -raw.ctypes.data % 64
+        out = raw[start:start + nbytes].view(first.dtype).reshape(shape)
+        for k, i in enumerate(indices):
+            out[k] = first if k == 0 else self._canvas(int(i))
+        return out
+
+
 def steps_per_epoch(source: SegmentationSource, batch_size: int, drop_remainder: bool = False) -> int:
     n = len(source)
     return n // batch_size if drop_remainder else -(-n // batch_size)
@@ -57,9 +103,11 @@ def make_pipeline(source: SegmentationSource, input_size: tuple[int, int], batch
 
     * ``augment``: ``True`` for PortraitNet's spec, a :class:`PortraitNetAugmentation`, or
       ``False``/``None`` for the plain resize (validation, calibration).
-    * ``backend``: ``"tf"`` (pure TensorFlow ops, default) or ``"imgaug"`` (the ``imgaug``
-      extra, numpy<2), the same spec either way.
-    * ``cache``: keep decoded photos in memory after their first read.
+    * ``backend``: ``"tf"`` (TensorFlow + XLA on whole batches, default) or ``"imgaug"``
+      (the ``imgaug`` extra, numpy<2), the same spec either way.
+    * ``cache``: keep decoded photos in memory after their first read (the ``tf`` backend
+      keeps their canvases: :func:`sinet_tf.data.augment.canvas_size`, 336x336 packed
+      int32 for 224x224 with PortraitNet's zoom, ~0.46 MB per photo).
     * ``two_views``: images become ``{"image": textured, "plain": untextured}`` with the
       same geometry, for PortraitNet's consistency loss.
     * ``label_stride``: labels subsampled (nearest, centre of each cell) by this factor,
@@ -84,6 +132,10 @@ def make_pipeline(source: SegmentationSource, input_size: tuple[int, int], batch
     if two_views and spec is None:
         raise ValueError("two_views needs augmentation (the views differ by texture changes)")
 
+    if spec is not None and backend == "tf":
+        return _tf_backend(source, out_hw, batch_size, spec, shuffle, seed, cache, two_views,
+                           drop_remainder, label_stride, epochs, initial_epoch)
+
     reader = _Reader(source, cache)
 
     def load(index):
@@ -96,10 +148,6 @@ def make_pipeline(source: SegmentationSource, input_size: tuple[int, int], batch
         def transform(index, example_seed):
             image, label = load(index)
             return resize_example(image, label, out_hw)
-    elif backend == "tf":
-        def transform(index, example_seed):
-            image, label = load(index)
-            return augment_example(image, label, example_seed, out_hw, spec, two_views)
     else:
         from sinet_tf.data.augment_imgaug import imgaug_map_fn
 
@@ -118,14 +166,53 @@ def make_pipeline(source: SegmentationSource, input_size: tuple[int, int], batch
         return parts[0], label
 
     def one_epoch(epoch):
-        order = tf.range(n, dtype=tf.int64)
-        if shuffle:
-            order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        positions = tf.range(n, dtype=tf.int64)
-        seeds = tf.stack([tf.fill([n], tf.constant(seed, tf.int64)), epoch * n + positions], axis=1)
-        ds = tf.data.Dataset.from_tensor_slices((order, seeds))
+        ds = _epoch_order(n, shuffle, seed, epoch)
         ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=drop_remainder)
 
     ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _epoch_order(n, shuffle, seed, epoch) -> tf.data.Dataset:
+    """``(index, example seed [2])`` of epoch ``epoch`` in order: the stateless shuffle of
+    ``(seed, epoch)`` and the seeds ``(seed, epoch * n + position)``."""
+    order = tf.range(n, dtype=tf.int64)
+    if shuffle:
+        order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+    positions = tf.range(n, dtype=tf.int64)
+    seeds = tf.stack([tf.fill([n], tf.constant(seed, tf.int64)), epoch * n + positions], axis=1)
+    return tf.data.Dataset.from_tensor_slices((order, seeds))
+
+
+def _tf_backend(source, out_hw, batch_size, spec, shuffle, seed, cache, two_views, drop_remainder,
+                label_stride, epochs, initial_epoch) -> tf.data.Dataset:
+    """The ``tf`` backend: batches of indices -> cached canvases -> one :func:`augment_batch`."""
+    n = len(source)
+    hw = canvas_size(spec, out_hw)
+    reader = _CanvasReader(source, cache, hw, spec.image_fill, spec.label_fill)
+    full = min(batch_size, n)  # the size every batch is augmented at
+
+    def augment(indices, seeds):
+        k = tf.shape(indices)[0]
+        # pad a short last batch to the batch size: one compiled shape; examples are independent
+        pad = [[0, full - k]]
+        indices = tf.pad(indices, pad, constant_values=indices[0])
+        seeds = tf.ensure_shape(tf.pad(seeds, pad + [[0, 0]]), [full, 2])
+        canvas = tf.numpy_function(reader, [indices], tf.int32, stateful=False)
+        canvas.set_shape([full, hw[0] + 2 * RING, hw[1] + 2 * RING])
+        parts = [t[:k] for t in augment_batch(canvas, seeds, out_hw, spec, two_views)]
+        label = parts[-1]
+        if label_stride > 1:
+            label = label[:, label_stride // 2::label_stride, label_stride // 2::label_stride]
+        if two_views:
+            return {"image": parts[0], "plain": parts[1]}, label
+        return parts[0], label
+
+    def one_epoch(epoch):
+        return _epoch_order(n, shuffle, seed, epoch).batch(batch_size, drop_remainder=drop_remainder)
+
+    # the augmentation maps the batches of all epochs: one function instance per iterator
+    ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
