@@ -26,16 +26,20 @@ __all__ = ["frozen_graph_converter", "add_serving_signature", "input_names"]
 
 
 def frozen_graph_converter(model):
-    """A ``tf.lite.TFLiteConverter`` for ``model`` (static input shapes) in inference mode."""
+    """A ``tf.lite.TFLiteConverter`` for ``model`` in inference mode, traced at batch 1
+    (a dynamic batch dimension is fixed to 1; height and width must be static)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     specs = []
     for t, name in zip(model.inputs, input_names(model)):
-        if any(d is None for d in t.shape):
+        shape = tuple(t.shape)
+        if shape and shape[0] is None:
+            shape = (1,) + shape[1:]  # phones run batch 1; a dynamic batch would leave SHAPE ops behind
+        if any(d is None for d in shape):
             raise ValueError(f"model {model.name!r}: input {name!r} has a dynamic shape {tuple(t.shape)}; "
-                             "conversion needs a fixed batch, height and width")
-        specs.append(tf.TensorSpec(tuple(t.shape), t.dtype, name=name))
+                             "conversion needs a fixed height and width (build the model with input_shape=(H, W, 3))")
+        specs.append(tf.TensorSpec(shape, t.dtype, name=name))
     single = len(specs) == 1
 
     def infer(*inputs):
