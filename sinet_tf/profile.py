@@ -1,14 +1,17 @@
-"""Model size and cost: trainable parameters and multiply-adds (MACs)."""
+"""Model size and cost: trainable parameters, multiply-adds (MACs), and the per-op latency
+of a ``.tflite`` file under LiteRT (:func:`op_profile`)."""
 
 from __future__ import annotations
 
 import math
 
 import keras
+import numpy as np
 
 from sinet_tf.layers.s2 import GroupedPointwiseConv
 
-__all__ = ["count_params", "count_macs", "iter_layers"]
+__all__ = ["count_params", "count_macs", "invoke_overhead_ms", "iter_layers", "op_profile", "subgraph_model",
+           "summarize_profile", "time_models"]
 
 
 def count_params(model: keras.Model) -> int:
@@ -47,3 +50,169 @@ def count_macs(model: keras.Model) -> int:
         spatial = math.prod(int(d) for d in ref.shape[1:-1])
         total += spatial * sum(math.prod(k.shape) for k in kernels)
     return int(total)
+
+
+# ----------------------------------------------------------------------------------------
+# Per-op latency of a .tflite file (LiteRT's Python interpreter has no op profiler, and
+# XNNPACK runs a whole model as one DELEGATE node): every op, or any set of ops, is cut
+# out into a model of its own (the same tensors, quantization and constants; the
+# non-constant tensors it reads become inputs) and timed under the same interpreter.
+
+
+def _op_name(model, op) -> str:
+    from sinet_tf.export.quantize import _builtin_name
+
+    return _builtin_name(model, op.opcodeIndex)
+
+
+def _is_constant(model, tensor) -> bool:
+    buf = model.buffers[tensor.buffer] if tensor.buffer else None
+    return buf is not None and ((buf.data is not None and len(buf.data) > 0) or (buf.size or 0) > 0)
+
+
+def subgraph_model(data: bytes, op_indices) -> bytes:
+    """A ``.tflite`` model holding only the ops ``op_indices`` of ``data`` (first
+    subgraph), in their original order: its inputs are the non-constant tensors those ops
+    read that none of them produces, its outputs the tensors they produce that an op
+    outside the set (or the model's output) reads, or, failing that, the last op's outputs.
+    Tensors, quantization parameters, constants and op options are the original's."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
+    sub = model.subgraphs[0]
+    keep = sorted(set(int(i) for i in op_indices))
+    chosen = set(keep)
+    produced, read = set(), []
+    for i in keep:
+        op = sub.operators[i]
+        read += [int(t) for t in op.inputs if t >= 0]
+        produced |= {int(t) for t in op.outputs}
+    outside = {int(t) for j, op in enumerate(sub.operators) if j not in chosen for t in op.inputs if t >= 0}
+    outside |= {int(t) for t in sub.outputs}
+    inputs = list(dict.fromkeys(t for t in read if t not in produced and not _is_constant(model, sub.tensors[t])))
+    outputs = [t for t in sorted(produced) if t in outside] or [int(t) for t in sub.operators[keep[-1]].outputs]
+    sub.operators = [sub.operators[i] for i in keep]
+    sub.inputs, sub.outputs = inputs, outputs
+    model.subgraphs = [sub]
+    model.signatureDefs = None
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _random_inputs(interpreter, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for d in interpreter.get_input_details():
+        if d["dtype"] == np.bool_:
+            interpreter.set_tensor(d["index"], rng.integers(0, 2, d["shape"]).astype(np.bool_))
+            continue
+        dtype = d["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            x = rng.integers(max(info.min, -128), min(info.max, 255) + 1, d["shape"]).astype(dtype)
+        else:
+            x = rng.normal(0.0, 1.0, d["shape"]).astype(dtype)
+        interpreter.set_tensor(d["index"], x)
+
+
+def _profile_interpreter(data: bytes, threads: int, xnnpack: bool):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs = {} if xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    interpreter = Interpreter(model_content=data, num_threads=int(threads), **kwargs)
+    interpreter.allocate_tensors()
+    _random_inputs(interpreter)
+    return interpreter
+
+
+def time_models(models: dict, threads: int = 1, xnnpack: bool = True, warmup: int = 3, runs: int = 30,
+                inner: int = 1) -> dict:
+    """``{name: {"median_ms", "min_ms", "delegate_nodes"}}`` for ``{name: .tflite bytes}``:
+    ``invoke()`` times with the rounds interleaved over the models (as
+    :func:`sinet_tf.bench.benchmark` does; random inputs set once), and how many DELEGATE
+    nodes XNNPACK made of each model (1: one partition; 0: the builtin kernels run it).
+    With ``inner > 1`` a sample is the mean of ``inner`` back-to-back invokes of one model:
+    warm caches, as an op sees them inside a whole graph."""
+    import gc
+    import time
+
+    its = {k: _profile_interpreter(v, threads, xnnpack) for k, v in models.items()}
+    times = {k: [] for k in models}
+    names = list(models)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            for k in names:
+                its[k].invoke()
+        for r in range(runs):
+            for j in range(len(names)):
+                k = names[(r + j) % len(names)]
+                invoke = its[k].invoke
+                t0 = time.perf_counter_ns()
+                for _ in range(inner):
+                    invoke()
+                times[k].append((time.perf_counter_ns() - t0) / 1e6 / inner)
+    finally:
+        gc.enable()
+    out = {}
+    for k, it in its.items():
+        kinds = [o["op_name"] for o in it._get_ops_details()]
+        out[k] = {"median_ms": float(np.median(times[k])), "min_ms": float(np.min(times[k])),
+                  "delegate_nodes": kinds.count("DELEGATE")}
+    return out
+
+
+def op_profile(data: bytes, threads: int = 1, xnnpack: bool = True, warmup: int = 3, runs: int = 20,
+               inner: int = 10) -> list[dict]:
+    """Per-op latency of a ``.tflite`` model: each op timed alone (:func:`subgraph_model`),
+    rounds interleaved over all ops, each sample the mean of ``inner`` back-to-back
+    invokes (warm caches: inside the whole model an op reads what the previous op just
+    wrote; ``inner=1`` gives cold-cache times, which overstate memory-bound float ops).
+    One dict per op, in graph order: ``index``, ``op``, ``output_shape``, ``dtype`` (of its
+    first output), ``delegated`` (XNNPACK took it), ``median_ms``, ``min_ms``. Each time
+    includes one ``invoke()`` overhead (about 2 us here; :func:`invoke_overhead_ms`).
+    Inside a whole model XNNPACK also fuses some ops (a PAD into the conv after it), so
+    the sum over ops is an upper bound of the whole model's time."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from sinet_tf.export.quantize import _TYPE_NAMES
+
+    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
+    sub = model.subgraphs[0]
+    singles = {i: subgraph_model(data, [i]) for i in range(len(sub.operators))}
+    timed = time_models(singles, threads, xnnpack, warmup, runs, inner)
+    rows = []
+    for i, op in enumerate(sub.operators):
+        out = sub.tensors[int(op.outputs[0])]
+        rows.append({"index": i, "op": _op_name(model, op), "output_shape": [int(d) for d in out.shape],
+                     "dtype": _TYPE_NAMES[out.type], "delegated": timed[i]["delegate_nodes"] > 0,
+                     "median_ms": timed[i]["median_ms"], "min_ms": timed[i]["min_ms"]})
+    return rows
+
+
+def invoke_overhead_ms(threads: int = 1, runs: int = 200) -> float:
+    """Median ``invoke()`` time of a one-op model on a ``[1, 1, 1, 1]`` tensor: what every
+    per-op time of :func:`op_profile` includes besides the op itself."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: x + 1.0, input_signature=[tf.TensorSpec([1, 1, 1, 1], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+    return time_models({"add": converter.convert()}, threads, True, 10, runs)["add"]["median_ms"]
+
+
+def summarize_profile(rows: list[dict]) -> list[dict]:
+    """Per-op-type totals of :func:`op_profile` rows, largest first: ``op``, ``count``,
+    ``median_ms`` (sum of the ops' medians), ``share`` of the total and ``not_delegated``."""
+    total = sum(r["median_ms"] for r in rows) or 1.0
+    by = {}
+    for r in rows:
+        e = by.setdefault(r["op"], {"op": r["op"], "count": 0, "median_ms": 0.0, "not_delegated": 0})
+        e["count"] += 1
+        e["median_ms"] += r["median_ms"]
+        e["not_delegated"] += 0 if r["delegated"] else 1
+    out = sorted(by.values(), key=lambda e: -e["median_ms"])
+    for e in out:
+        e["share"] = e["median_ms"] / total
+    return out

@@ -1,5 +1,6 @@
 """The int8 graph rewrites (sinet_tf.export.rewrite): same function as the Keras model,
-and the rewritten official SINet converts to a full-int8 file that XNNPACK runs whole."""
+and the rewritten official SINet converts to a full-int8 file that XNNPACK runs whole
+and the GPU-delegate check accepts."""
 
 from collections import Counter
 
@@ -7,8 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from sinet_tf.export.rewrite import ChannelAffine, DecomposedPReLU, FoldedAway, ScaledAdd, int8_friendly
+from sinet_tf.export.rewrite import (AffineThenResize, ChannelAffine, DecomposedPReLU, FoldedAway, OffsetConv2D,
+                                     ScaledAdd, SpaceToDepthConv2D, absorb_channel_shuffles, equalize_channels,
+                                     int8_friendly)
+from sinet_tf.layers.normalization import InputNormalization
 from sinet_tf.layers.resize import BilinearResize
+from sinet_tf.layers.s2 import s2_module
 
 RNG = np.random.default_rng(0)
 
@@ -34,7 +39,7 @@ def _bn(x):
 
 
 def _small_model():
-    """One instance of every pattern the rewrites handle."""
+    """One instance of every pattern the BN placement handles."""
     inputs = keras.Input((16, 16, 8), batch_size=1)
     x = keras.layers.PReLU(shared_axes=[1, 2])(_bn(keras.layers.Conv2D(8, 3, padding="same")(inputs)))
     pooled = keras.layers.AveragePooling2D(2)(x)                                  # -> fixed depthwise
@@ -45,6 +50,7 @@ def _small_model():
     y = keras.layers.PReLU(shared_axes=[1, 2])(res)
     branches = keras.layers.Concatenate()([keras.layers.Conv2D(8, 1)(y), keras.layers.Conv2D(8, 3, padding="same")(y)])
     y = _bn(keras.layers.Add()([y, branches]))                                     # -> ScaledAdd, BN into the convs
+    y = _bn(BilinearResize(scale=2)(keras.layers.Add()([y, y])))                   # -> AffineThenResize
     return _randomize(keras.Model(inputs, keras.layers.Conv2D(3, 1)(y)))
 
 
@@ -60,24 +66,37 @@ def test_small_model_rewrites_are_equivalent():
     assert not any(isinstance(layer, (keras.layers.PReLU, keras.layers.AveragePooling2D))
                    for layer in rewritten.layers)
     assert kinds[DecomposedPReLU.__name__] == 2
-    assert kinds[FoldedAway.__name__] == 3          # BNs after the resize, the concat, the conv-branch add
+    assert kinds[FoldedAway.__name__] == 4          # BNs after the resizes, the concat, the conv-branch add
     assert kinds[ChannelAffine.__name__] == 1       # the BN after the add of BN outputs
     assert kinds[ScaledAdd.__name__] == 1
+    assert kinds[AffineThenResize.__name__] == 1
     x = RNG.normal(0, 1, (2, 16, 16, 8)).astype(np.float32)
     assert _max_rel_diff(model, rewritten, x) < 1e-5
     # the original model is left as it was
     assert any(isinstance(layer, keras.layers.PReLU) for layer in model.layers)
 
 
+@pytest.mark.parametrize("mode", DecomposedPReLU.MODES)
 @pytest.mark.parametrize("alpha_high", [0.9, 1.5])
-def test_decomposed_prelu_matches_prelu(alpha_high):
+def test_decomposed_prelu_matches_prelu(alpha_high, mode):
     inputs = keras.Input((8, 8, 6), batch_size=1)
     model = keras.Model(inputs, keras.layers.PReLU(shared_axes=[1, 2])(inputs))
     model.layers[1].set_weights([np.linspace(-0.5, alpha_high, 6).reshape(1, 1, 6).astype(np.float32)])
-    rewritten = int8_friendly(model)
-    assert rewritten.layers[1].signed == (alpha_high > 1)
+    rewritten = int8_friendly(model, prelu_mode=mode)
+    assert rewritten.layers[1].signed == (alpha_high > 1) and rewritten.layers[1].mode == mode
     x = RNG.normal(0, 2, (1, 8, 8, 6)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(rewritten(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_prelu_mode_can_depend_on_alpha():
+    inputs = keras.Input((8, 8, 4), batch_size=1)
+    y = keras.layers.PReLU(shared_axes=[1, 2], name="near_relu")(inputs)
+    y = keras.layers.PReLU(shared_axes=[1, 2], name="leaky")(y)
+    model = keras.Model(inputs, y)
+    model.get_layer("near_relu").set_weights([np.full((1, 1, 4), 0.01, np.float32)])
+    model.get_layer("leaky").set_weights([np.full((1, 1, 4), 0.3, np.float32)])
+    rewritten = int8_friendly(model)
+    assert rewritten.get_layer("near_relu").mode == "split" and rewritten.get_layer("leaky").mode == "add"
 
 
 def test_conv_then_pointwise_conv_is_one_conv():
@@ -93,12 +112,69 @@ def test_conv_then_pointwise_conv_is_one_conv():
     assert _max_rel_diff(model, rewritten, x) < 1e-5
 
 
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_few_channel_conv_runs_on_2x2_blocks(kernel_size):
+    inputs = keras.Input((64, 64, 2), batch_size=1)
+    model = _randomize(keras.Model(inputs, keras.layers.Conv2D(3, kernel_size, padding="same", name="c")(inputs)))
+    rewritten = int8_friendly(model)
+    assert isinstance(rewritten.get_layer("c"), SpaceToDepthConv2D)
+    x = RNG.normal(0, 1, (2, 64, 64, 2)).astype(np.float32)
+    assert _max_rel_diff(model, rewritten, x) < 1e-5
+
+
+def test_input_normalization_folds_into_the_first_conv_with_its_border():
+    inputs = keras.Input((32, 32, 3), batch_size=1)
+    x = InputNormalization("official_sinet", name="normalize")(inputs)
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="first")(x)
+    model = _randomize(keras.Model(inputs, keras.layers.PReLU(shared_axes=[1, 2])(_bn(x))))
+    rewritten = int8_friendly(model)
+    assert isinstance(rewritten.get_layer("normalize"), FoldedAway)
+    assert isinstance(rewritten.get_layer("first"), OffsetConv2D)
+    x = RNG.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    ya, yb = np.asarray(model(x)), np.asarray(rewritten(x))
+    np.testing.assert_allclose(yb, ya, atol=1e-4 * np.abs(ya).max())
+    np.testing.assert_allclose(yb[:, 0], ya[:, 0], atol=1e-4 * np.abs(ya).max())  # the padded border row
+
+
+def test_channel_shuffle_moves_into_the_weights_after_it():
+    inputs = keras.Input((16, 16, 32), batch_size=1)
+    y = s2_module(inputs, 32, [(3, 1), (5, 2)], residual=True, name="m")
+    model = _randomize(keras.Model(inputs, y))
+    absorbed = absorb_channel_shuffles(model)
+    c1 = absorbed.get_layer("m.c1.conv")
+    assert type(c1) is keras.layers.Conv2D and c1.groups == 2
+    x = RNG.normal(0, 1, (2, 16, 16, 32)).astype(np.float32)
+    assert _max_rel_diff(model, absorbed, x) < 1e-5
+
+
+def test_equalization_keeps_the_function_and_fills_small_channels():
+    inputs = keras.Input((16, 16, 4), batch_size=1)
+    x = keras.layers.Conv2D(6, 1, name="root")(inputs)
+    x = keras.layers.PReLU(shared_axes=[1, 2])(_bn(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    model = _randomize(keras.Model(inputs, keras.layers.Conv2D(2, 1)(x)))
+    w = model.get_layer("root").get_weights()
+    w[0][..., 0] *= 1e-3  # one channel far below the others
+    model.get_layer("root").set_weights(w)
+    rewritten = int8_friendly(model)
+    x = RNG.normal(0, 1, (8, 16, 16, 4)).astype(np.float32)
+    probe = keras.Model(rewritten.inputs, rewritten.get_layer("root").output)
+    before = np.abs(np.asarray(probe(x))).max(axis=(0, 1, 2))
+    equalize_channels(rewritten, x)
+    after = np.abs(np.asarray(probe(x))).max(axis=(0, 1, 2))
+    assert after.max() <= before.max() * (1 + 1e-5) and after[0] > 5 * before[0]
+    assert _max_rel_diff(model, rewritten, x) < 1e-4
+
+
 @pytest.fixture(scope="module")
 def official_sinet_64(sinet_checkpoint):
     from sinet_tf.export.heads import with_output_head
+    from sinet_tf.export.tflite import with_fixed_batch
     from sinet_tf.inference import load_model
 
-    model = with_output_head(load_model("sinet", sinet_checkpoint, input_size=(64, 64)), "probabilities")
+    model = with_output_head(with_fixed_batch(load_model("sinet", sinet_checkpoint, input_size=(64, 64)), 1),
+                             "probabilities")
     return model, int8_friendly(model)
 
 
@@ -107,28 +183,99 @@ def test_official_sinet_rewrite_is_equivalent(official_sinet_64):
     x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     assert _max_rel_diff(model, rewritten, x) < 1e-5
     kinds = Counter(type(layer).__name__ for layer in rewritten.layers)
-    assert kinds["PReLU"] == kinds["AveragePooling2D"] == 0
+    assert kinds["PReLU"] == kinds["AveragePooling2D"] == kinds["GroupedPointwiseConv"] == 0
+    assert kinds[DecomposedPReLU.__name__] == 39
     # no BatchNormalization is left that the converter would emit as MUL + ADD
-    assert kinds[FoldedAway.__name__] >= 9 and kinds[ChannelAffine.__name__] >= 10
-    assert kinds["BatchNormalization"] == 38  # each right after a conv: the converter folds them
+    assert kinds[FoldedAway.__name__] >= 10 and kinds[ChannelAffine.__name__] >= 10
+    assert kinds["BatchNormalization"] == 37  # each right after a conv: the converter folds them
+    assert isinstance(rewritten.get_layer("normalize"), FoldedAway)  # into encoder.level1.conv
+    assert isinstance(rewritten.get_layer("encoder.level1.conv"), OffsetConv2D)
     assert isinstance(rewritten.get_layer("head_difference"), FoldedAway)  # merged into classifier.1
+    assert isinstance(rewritten.get_layer("classifier.1"), SpaceToDepthConv2D)
+    assert isinstance(rewritten.get_layer("decoder.up2"), AffineThenResize)  # bn_2 before the resize
+    assert all(rewritten.get_layer(f"encoder.level{lv}.{i}.c1.conv").groups == 2
+               for lv, n in ((2, 2), (3, 8)) for i in range(n))
 
 
-def test_official_sinet_int8_has_no_float_islands_and_one_xnnpack_partition(official_sinet_64):
+def test_official_sinet_int8_is_one_xnnpack_partition_and_gpu_compatible(official_sinet_64):
     from ai_edge_litert.interpreter import Interpreter
 
-    from sinet_tf.export import _representative
+    from sinet_tf.export import _representative, check_gpu_compatibility
     from sinet_tf.export.quantize import convert, inspect_tflite
 
     _, rewritten = official_sinet_64
     images = np.random.default_rng(2).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
     data = convert(rewritten, "int8", "float32", _representative(images))
     contents = inspect_tflite(data, "int8")
-    assert contents.problems == []
+    assert contents.problems == []  # no float islands, no Flex/custom ops
     ops = contents.op_counts()
     assert "PRELU" not in ops and "AVERAGE_POOL_2D" not in ops and "SOFTMAX" not in ops
-    assert ops.get("MUL", 0) <= 3  # the data-dependent products only (two SE scales, the IB gate)
+    # depthwise convs: the 22 of the network, 6 pools, 12 standalone BNs; PReLUs are MUL + ADD
+    assert ops["DEPTHWISE_CONV_2D"] <= 40 and ops["MUL"] >= 39
+    assert ops["SPACE_TO_DEPTH"] == ops["DEPTH_TO_SPACE"] == 1
+    assert check_gpu_compatibility(data).compatible
     interpreter = Interpreter(model_content=data, num_threads=1)
     interpreter.allocate_tensors()
     names = [op["op_name"] for op in interpreter._get_ops_details()]
     assert names.count("DELEGATE") == 1
+
+
+def _tiny_int8_model():
+    inputs = keras.Input((16, 16, 3), batch_size=1, name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = keras.layers.PReLU(shared_axes=[1, 2])(_bn(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    return _randomize(keras.Model(inputs, keras.layers.Conv2D(2, 1)(x)))
+
+
+def test_calibrate_then_quantize_matches_the_converter():
+    """convert() calibrates and quantizes in two steps; with min/max ranges the file is
+    the one TFLiteConverter.convert() writes in one."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from sinet_tf.export import _representative
+    from sinet_tf.export.frozen import frozen_graph_converter
+    from sinet_tf.export.quantize import convert, inspect_tflite
+
+    model = int8_friendly(_tiny_int8_model())
+    images = np.random.default_rng(3).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
+    ours = convert(model, "int8", "float32", _representative(images), ranges="minmax")
+    converter = frozen_graph_converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(images)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = converter.convert()
+    assert inspect_tflite(ours).ops == inspect_tflite(reference).ops
+    outputs = []
+    for data in (ours, reference):
+        it = Interpreter(model_content=data)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], images[:1])
+        it.invoke()
+        outputs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_averaged_ranges_are_inside_the_min_max_ranges():
+    from sinet_tf.export import _representative
+    from sinet_tf.export.quantize import convert
+
+    model = int8_friendly(_tiny_int8_model())
+    images = np.random.default_rng(4).uniform(0, 255, (6, 16, 16, 3)).astype(np.float32)
+    scales = {}
+    for ranges in ("minmax", "average"):
+        from ai_edge_litert import schema_py_generated as schema
+
+        sub = schema.ModelT.InitFromPackedBuf(convert(model, "int8", "float32", _representative(images),
+                                                      ranges=ranges), 0).subgraphs[0]
+        scales[ranges] = {t.name: float(t.quantization.scale[0]) for t in sub.tensors
+                          if t.type == schema.TensorType.INT8 and t.quantization is not None
+                          and t.quantization.scale is not None and len(t.quantization.scale) == 1}
+    shared = set(scales["minmax"]) & set(scales["average"])
+    assert shared and all(scales["average"][n] <= scales["minmax"][n] * (1 + 1e-6) for n in shared)
+    assert any(scales["average"][n] < 0.99 * scales["minmax"][n] for n in shared)

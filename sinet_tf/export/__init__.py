@@ -32,6 +32,8 @@ __all__ = ["ExportError", "ExportReport", "GpuReport", "IO_TYPES", "OUTPUT_HEADS
 
 log = logging.getLogger("sinet_tf.export")
 
+EQUALIZATION_IMAGES = 32  # calibration images whose channel ranges int8 equalization uses
+
 
 @dataclass
 class ExportReport:
@@ -128,9 +130,15 @@ def _representative(images: np.ndarray):
 
 
 def _person_iou(prob: np.ndarray, labels: np.ndarray, ignore: int = 255) -> float:
-    """Person IoU per image (prediction prob > 0.5), averaged; labels {0, 1, ignore}."""
+    """Person IoU per image (prediction prob > 0.5), averaged; labels {0, 1, ignore}.
+    A probability map smaller than its labels (an encoder's 1/8 output) is bilinearly
+    resized to the labels' size first."""
+    import cv2
+
     ious = []
     for p, y in zip(prob, labels):
+        if p.shape != y.shape:
+            p = cv2.resize(np.asarray(p, np.float32), (y.shape[1], y.shape[0]), interpolation=cv2.INTER_LINEAR)
         valid = y != ignore
         pred, truth = (p > 0.5) & valid, (y == 1) & valid
         union = (pred | truth).sum()
@@ -163,9 +171,15 @@ def _parity(model, runner, head, images, labels) -> dict:
 def export_tflite(source, output, weights=None, quantize: str = "none", io: str = "float32",
                   head: str = "logits", calibration_data=None, calibration_split: str | None = "train",
                   num_calibration: int = 200, parity_data=None, parity_split: str | None = "val",
-                  num_parity: int = 50, metadata: bool = False, input_size=None, seed: int = 0) -> ExportReport:
+                  num_parity: int = 50, metadata: bool = False, input_size=None, seed: int = 0,
+                  int8_ranges: str = "average", equalize: bool = True) -> ExportReport:
     """Export ``source`` (a Keras model, ``.keras`` file, or registry name + ``weights``)
     to ``output`` (``.tflite``) and write ``<output>.json`` beside it.
+
+    int8: the model is first rewritten for int8 (:func:`sinet_tf.export.rewrite.int8_friendly`,
+    with per-channel range equalization on the first calibration images when ``equalize``),
+    and activation ranges come from the calibration images as ``int8_ranges`` says
+    (:func:`sinet_tf.export.quantize.convert`).
 
     Parity with the Keras model is measured on ``parity_data`` (default: the calibration
     images; without either, seeded uniform noise), as max |difference| of the output and
@@ -198,7 +212,8 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     if quantize == "int8":
         from sinet_tf.export.rewrite import int8_friendly
 
-        data = convert(int8_friendly(model), quantize, io, _representative(images))
+        friendly = int8_friendly(model, images=images[:EQUALIZATION_IMAGES] if equalize else None)
+        data = convert(friendly, quantize, io, _representative(images), ranges=int8_ranges)
     else:
         data = convert(model, quantize, io)
     seconds = time.perf_counter() - t0
@@ -221,6 +236,8 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     gpu = check_gpu_compatibility(data)
 
     extra = {"keras_outputs": [model.output_names[0]], "num_calibration": 0 if images is None else len(images)}
+    if quantize == "int8":
+        extra["int8"] = {"ranges": int8_ranges, "equalized": bool(equalize)}
     if metadata:
         from sinet_tf.export.metadata import add_segmenter_metadata
 
