@@ -98,7 +98,8 @@ def cmd_export(args):
                            calibration_split=None if args.calibration_split == "none" else args.calibration_split,
                            num_calibration=args.num_calibration, parity_data=args.parity_data,
                            parity_split=None if args.parity_split == "none" else args.parity_split,
-                           num_parity=args.num_parity, metadata=args.metadata, input_size=input_size)
+                           num_parity=args.num_parity, metadata=args.metadata, input_size=input_size,
+                           int8_ranges=args.int8_ranges, equalize=not args.no_equalize)
     print(report.summary())
     print(f"report: {Path(args.output).with_suffix('.json')}")
     return 0 if (report.gpu.compatible or args.allow_cpu_ops) else 3
@@ -297,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", action="store_true", help="add TFLite metadata MediaPipe's ImageSegmenter reads "
                                                            "(pip install \".[mediapipe]\")")
     p.add_argument("--allow-cpu-ops", action="store_true", help="exit 0 even if an op is not GPU-delegate compatible")
+    p.add_argument("--int8-ranges", choices=("minmax", "average"), default="minmax",
+                   help="int8 activation ranges: min/max over the calibration images (default), or the "
+                        "per-image min/max averaged")
+    p.add_argument("--no-equalize", action="store_true",
+                   help="int8: skip the per-channel range equalization on calibration images")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-gpu", help="check a .tflite file against the mobile GPU delegate's op rules")
