@@ -248,13 +248,10 @@ class DataReport:
         for title, items in (("problems", self.problems), ("warnings", self.warnings)):
             if not items:
                 continue
-            p = Table(title=f"{len(items)} {title}")
-            p.add_column("kind", no_wrap=True)
-            p.add_column("file", overflow="fold")
-            p.add_column("message", overflow="fold")
+            # one plain line per item: a table cell would fold long paths mid-name
+            con.print(f"{len(items)} {title}:")
             for item in items[:max_listed]:
-                p.add_row(item.kind, item.path, item.message)
-            con.print(p)
+                con.print(f"  [{item.kind}] {item.path}: {item.message}", soft_wrap=True, markup=False)
             if len(items) > max_listed:
                 con.print(f"... and {len(items) - max_listed} more {title} (use --json for all)")
         return buf.getvalue()

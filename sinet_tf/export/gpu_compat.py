@@ -197,6 +197,9 @@ class GpuReport:
             "op_types": self._op_type_table(),
         }
 
+    def _where(self) -> str:
+        return "" if self.source == "<bytes>" else f" [{self.source}]"
+
     def summary(self) -> str:
         """Human-readable report: verdict line, then one line per problem."""
         n_ops = len(self.ops)
@@ -204,15 +207,14 @@ class GpuReport:
         bad = self.incompatible
         if self.compatible:
             head = (f"GPU delegate: COMPATIBLE - all {n_ops} ops "
-                    f"({n_types} op types) are accepted [{self.source}]")
+                    f"({n_types} op types) are accepted{self._where()}")
             return head
         parts = []
         if bad:
             parts.append(f"{len(bad)} of {n_ops} ops rejected")
         if self.graph_problems:
             parts.append(f"{len(self.graph_problems)} graph problem(s)")
-        lines = [f"GPU delegate: INCOMPATIBLE - {', '.join(parts)} "
-                 f"[{self.source}]"]
+        lines = [f"GPU delegate: INCOMPATIBLE - {', '.join(parts)}{self._where()}"]
         for problem in self.graph_problems:
             lines.append(f"  graph: {problem}")
         for v in bad:

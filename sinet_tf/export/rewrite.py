@@ -853,7 +853,7 @@ def equalize_channels(model: keras.Model, images, max_scale: float = 16.0, conv_
     probe = keras.Model(model.inputs, [layers[n].output for n in names])
     ranges = {n: 0.0 for n in names}
     for start in range(0, len(images), 8):
-        outs = probe(np.asarray(images[start:start + 8], np.float32))
+        outs = probe([np.asarray(images[start:start + 8], np.float32)])  # a list, as model.inputs
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for n, out in zip(names, outs):
             ranges[n] = np.maximum(ranges[n], np.abs(np.asarray(out, np.float64)).max(axis=(0, 1, 2)))
