@@ -43,8 +43,8 @@ class DemoSettings:
     examples: int = 4              # validation photos in examples.png
 
 
-QUICK = DemoSettings(num_synthetic=64, minutes=0.5, num_calibration=16, num_parity=8, bench_runs=20,
-                     bench_warmup=3, examples=3)
+QUICK = DemoSettings(input_size=64, num_synthetic=48, minutes=0.5, num_calibration=16, num_parity=8, bench_runs=20,
+                     bench_warmup=3, examples=3)  # CI's end-to-end check: every step, least work
 
 
 def _timed_training_callback(seconds: float, base_lr: float, floor: float = 0.05, log=print):
