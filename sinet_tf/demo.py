@@ -41,10 +41,11 @@ class DemoSettings:
     bench_warmup: int = 5
     threads: int = 2
     examples: int = 4              # validation photos in examples.png
+    run_eagerly: bool = False      # a few steps only: eager steps cost less than tracing the graph
 
 
 QUICK = DemoSettings(input_size=64, num_synthetic=48, minutes=0.5, num_calibration=16, num_parity=8, bench_runs=20,
-                     bench_warmup=3, examples=3)  # CI's end-to-end check: every step, least work
+                     bench_warmup=3, examples=3, run_eagerly=True)  # CI's end-to-end check: every step, least work
 
 
 def _timed_training_callback(seconds: float, base_lr: float, floor: float = 0.05, log=print):
@@ -96,7 +97,8 @@ def _recipe(data: str, s: DemoSettings):
         name="train", model="sinet", input_size=(s.input_size, s.input_size), epochs=1000,
         batch_size=s.batch_size, learning_rate=s.learning_rate, lr_milestones=(), weight_decay=1e-4,
         loss="ce + 1.0 * boundary(window=5)",
-        augment=False)  # a few epochs over varied portraits do not overfit; augmenting would cost CPU time
+        augment=False,  # a few epochs over varied portraits do not overfit; augmenting would cost CPU time
+        run_eagerly=s.run_eagerly)
     return TrainConfig(stages=[stage], data=data, seed=0, mixed_precision=False, recipe="sinet demo")
 
 
