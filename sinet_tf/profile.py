@@ -76,8 +76,9 @@ def subgraph_model(data: bytes, op_indices) -> bytes:
     read that none of them produces, its outputs the tensors they produce that an op
     outside the set (or the model's output) reads, or, failing that, the last op's outputs.
     Tensors, quantization parameters, constants and op options are the original's."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
+
+    from sinet_tf.export.frozen import pack_model
 
     model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
     sub = model.subgraphs[0]
@@ -96,9 +97,7 @@ def subgraph_model(data: bytes, op_indices) -> bytes:
     sub.inputs, sub.outputs = inputs, outputs
     model.subgraphs = [sub]
     model.signatureDefs = None
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model)
 
 
 def _random_inputs(interpreter, seed: int = 0):

@@ -85,13 +85,11 @@ def test_average_ranges_are_the_mean_of_per_image_extremes(float_file):
 def _with_ranges(data):
     """``data`` with placeholder calibration statistics on every tensor (what the
     calibrate-only converter writes), the input's set to [-1, 1]."""
-    import flatbuffers
+    from sinet_tf.export.frozen import pack_model
 
     model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
     for t in model.subgraphs[0].tensors:
         q = t.quantization or schema.QuantizationParametersT()
         q.min, q.max = np.array([-1.0], np.float32), np.array([1.0], np.float32)
         t.quantization = q
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model)

@@ -22,7 +22,7 @@ import contextlib
 import logging
 from io import StringIO
 
-__all__ = ["frozen_graph_converter", "add_serving_signature", "input_names"]
+__all__ = ["frozen_graph_converter", "add_serving_signature", "input_names", "pack_model"]
 
 
 def frozen_graph_converter(model):
@@ -69,7 +69,6 @@ def input_names(model) -> list[str]:
 
 def add_serving_signature(tflite: bytes, input_names: list[str]) -> bytes:
     """``tflite`` with a ``serving_default`` signature over its subgraph's inputs and outputs."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(tflite), 0)
@@ -88,6 +87,13 @@ def add_serving_signature(tflite: bytes, input_names: list[str]) -> bytes:
     signature.inputs = [tensor_map(n, t) for n, t in zip(input_names, sub.inputs)]
     signature.outputs = [tensor_map(f"output_{i}", t) for i, t in enumerate(sub.outputs)]
     model.signatureDefs = [signature]
-    builder = flatbuffers.Builder(max(1024, len(tflite) + 4096))
+    return pack_model(model)
+
+
+def pack_model(model) -> bytes:
+    """The ``.tflite`` bytes of a ``schema_py_generated.ModelT`` (the object API's model)."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

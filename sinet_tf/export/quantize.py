@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from sinet_tf.export.frozen import add_serving_signature, frozen_graph_converter, input_names
+from sinet_tf.export.frozen import add_serving_signature, frozen_graph_converter, input_names, pack_model
 
 __all__ = ["CALIBRATION_RANGES", "QUANTIZE_MODES", "IO_TYPES", "ExportError", "TFLiteContents", "average_ranges",
            "convert", "inspect_tflite", "output_kind"]
@@ -198,14 +198,6 @@ def _quantize_calibrated(calibrated: bytes, io_dtype) -> bytes:
     return tfl_convert.deduplicate_readonly_buffers(data)
 
 
-def _pack(model) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 def _per_image_ranges(data: bytes, images, indices):
     """``{tensor index: (per-image minima, per-image maxima)}`` of a float model run on
     ``images`` through LiteRT's interpreter with every tensor kept."""
@@ -247,4 +239,4 @@ def average_ranges(calibrated: bytes, images) -> bytes:
         lo, hi = float(np.mean(values[i][0])), float(np.mean(values[i][1]))
         q.min = np.array([min(lo, 0.0)], np.float32)
         q.max = np.array([max(hi, 0.0)], np.float32)
-    return _pack(model)
+    return pack_model(model)
