@@ -133,28 +133,10 @@ def time_models(models: dict, threads: int = 1, xnnpack: bool = True, warmup: in
     nodes XNNPACK made of each model (1: one partition; 0: the builtin kernels run it).
     With ``inner > 1`` a sample is the mean of ``inner`` back-to-back invokes of one model:
     warm caches, as an op sees them inside a whole graph."""
-    import gc
-    import time
+    from sinet_tf.bench.host import interleaved_times
 
     its = {k: _profile_interpreter(v, threads, xnnpack) for k, v in models.items()}
-    times = {k: [] for k in models}
-    names = list(models)
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(warmup):
-            for k in names:
-                its[k].invoke()
-        for r in range(runs):
-            for j in range(len(names)):
-                k = names[(r + j) % len(names)]
-                invoke = its[k].invoke
-                t0 = time.perf_counter_ns()
-                for _ in range(inner):
-                    invoke()
-                times[k].append((time.perf_counter_ns() - t0) / 1e6 / inner)
-    finally:
-        gc.enable()
+    times = interleaved_times({k: it.invoke for k, it in its.items()}, warmup, runs, inner)
     out = {}
     for k, it in its.items():
         kinds = [o["op_name"] for o in it._get_ops_details()]

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_INPUT_RANGE", "benchmark", "input_convention", "model_info", "peak_memory", "read_tflite"]
+__all__ = ["DEFAULT_INPUT_RANGE", "benchmark", "input_convention", "interleaved_times", "model_info", "peak_memory",
+           "read_tflite"]
 
 DEFAULT_INPUT_RANGE = (0.0, 255.0)
 
@@ -148,10 +149,31 @@ class _Timed:
         self.interpreter.set_tensor(d["index"], _bench_input(d, value_range))
         self.invoke = self.interpreter.invoke
 
-    def timed_invoke(self) -> float:
-        t0 = time.perf_counter_ns()
-        self.invoke()
-        return (time.perf_counter_ns() - t0) / 1e6
+
+def interleaved_times(invokes: dict, warmup: int, runs: int, inner: int = 1) -> dict:
+    """``{key: [ms, ...]}``: each ``invokes[key]()`` (one inference) warmed up ``warmup``
+    times, then timed in ``runs`` rounds whose order rotates over the keys, so machine noise
+    falls on every model alike (garbage collection off while timing). With ``inner > 1`` a
+    sample is the mean of ``inner`` back-to-back calls."""
+    keys = list(invokes)
+    times = {k: [] for k in keys}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            for k in keys:
+                invokes[k]()
+        for r in range(runs):
+            for j in range(len(keys)):
+                k = keys[(r + j) % len(keys)]
+                invoke = invokes[k]
+                t0 = time.perf_counter_ns()
+                for _ in range(inner):
+                    invoke()
+                times[k].append((time.perf_counter_ns() - t0) / 1e6 / inner)
+    finally:
+        gc.enable()
+    return times
 
 
 def _stats(ms: list[float]) -> dict:
@@ -257,19 +279,7 @@ def benchmark(models, threads=(2,), warmup: int = 5, runs: int = 50, data=None, 
                 errors[i] = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
         live = [i for i, t in enumerate(timed) if t is not None]
         say(f"{n_threads} thread(s): {warmup} warm-up + {runs} timed rounds over {len(live)} model(s)")
-        times = {i: [] for i in live}
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(warmup):
-                for i in live:
-                    timed[i].invoke()
-            for r in range(runs):
-                for k in range(len(live)):
-                    i = live[(r + k) % len(live)]
-                    times[i].append(timed[i].timed_invoke())
-        finally:
-            gc.enable()
+        times = interleaved_times({i: timed[i].invoke for i in live}, warmup, runs)
         del timed
         for i, info in enumerate(infos):
             row = {**info, "threads": n_threads, "xnnpack": bool(xnnpack), "warmup": int(warmup)}
