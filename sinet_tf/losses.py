@@ -146,16 +146,31 @@ def _person_prob(z: tf.Tensor) -> tf.Tensor:
     return tf.nn.softmax(z, axis=-1)[..., 1]
 
 
-def _max_pool(x: tf.Tensor, window: int) -> tf.Tensor:
-    return tf.nn.max_pool2d(x, ksize=window, strides=1, padding="SAME")
+def _box_count(x: tf.Tensor, window: int) -> tf.Tensor:
+    """Sum of ``x`` (int32 ``[B, H, W, C]``) over the ``window x window`` square centred on each
+    pixel (offsets ``-r .. window - 1 - r``, ``r = (window - 1) // 2``, as a SAME pool places it;
+    zeros outside the image),
+    from running sums along each axis: O(1) per pixel whatever the window. (TensorFlow's CPU
+    max-pool, the direct dilation, costs O(window^2) per pixel: at 15 it took 6 of a SINet
+    training step's 8 seconds at 224x224, batch 24.)"""
+    r = (window - 1) // 2
+    for axis in (1, 2):
+        pad = [[0, 0]] * 4
+        pad[axis] = [r + 1, window - 1 - r]
+        c = tf.cumsum(tf.pad(x, pad), axis=axis)
+        hi = c[:, window:] if axis == 1 else c[:, :, window:]
+        lo = c[:, :-window] if axis == 1 else c[:, :, :-window]
+        x = hi - lo
+    return x
 
 
 def boundary_band(y_true, window: int = 15, num_classes: int = 2, ignore_index: int = 255,
                   dtype=tf.float32) -> tf.Tensor:
     """SINet's boundary band ``b = dilation(onehot(y)) - erosion(onehot(y))`` (Park et al. 2020).
 
-    Morphology uses a ``window x window`` square (stride-1 SAME max-pool; erosion is
-    ``-maxpool(-x)``; the image border never creates band pixels).  A pixel is in the band when
+    Morphology uses a ``window x window`` square (a stride-1 SAME max-pool; erosion is
+    ``-maxpool(-x)``; the image border never creates band pixels), computed here from class
+    counts over the window, which gives the same band.  A pixel is in the band when
     ``dilation - erosion > 0`` for some class, i.e. when its window holds more than one
     (non-ignored) class.  Ignored pixels are neutral: 0 for the dilation, 1 for the erosion, so
     an ignore region next to a single class makes no band; ignored pixels are never in the band.
@@ -181,11 +196,12 @@ def boundary_band(y_true, window: int = 15, num_classes: int = 2, ignore_index: 
         raise ValueError(f"window must be >= 1, got {window}")
     valid = tf.not_equal(y, ignore_index)
     safe = tf.where(valid, y, tf.zeros_like(y))
-    onehot = tf.one_hot(safe, int(num_classes), dtype=tf.float32)
-    vmask = tf.cast(valid, tf.float32)[..., None]
-    dil = _max_pool(onehot * vmask, window)                       # ignore -> 0 (neutral for max)
-    ero = -_max_pool(-(onehot * vmask + (1.0 - vmask)), window)   # ignore -> 1 (neutral for min)
-    band = tf.logical_and(tf.reduce_any(dil - ero > 0.5, axis=-1), valid)
+    # dilation_c - erosion_c > 0 <=> the window holds class c and a valid pixel of another
+    # class (ignored pixels: 0 for the dilation, 1 for the erosion); counted with box sums
+    counts = _box_count(tf.one_hot(safe, int(num_classes), dtype=tf.int32) * tf.cast(valid, tf.int32)[..., None],
+                        window)
+    others = tf.reduce_sum(counts, axis=-1, keepdims=True) - counts
+    band = tf.logical_and(tf.reduce_any((counts > 0) & (others > 0), axis=-1), valid)
     if squeeze:
         band = band[0]
     return band if dtype == tf.bool else tf.cast(band, dtype)

@@ -138,6 +138,17 @@ def test_boundary_band_matches_morphology(window):
     assert not band[2].any()          # no person, ignore region: no band
 
 
+@pytest.mark.parametrize("window", [1, 2, 4, 6])
+def test_boundary_band_even_windows_and_three_classes(window):
+    """Even windows sit like a SAME pool (one more pixel after than before the centre)."""
+    rng = np.random.default_rng(window)
+    y = np.kron(rng.integers(0, 3, (2, 4, 5)), np.ones((6, 5), np.int64)).astype(np.uint8)
+    y[rng.uniform(size=y.shape) < 0.05] = IGN
+    band = L.boundary_band(y, window, 3, IGN).numpy().astype(bool)
+    np.testing.assert_array_equal(band, _band_bruteforce(y, window))
+    assert band.any() or window == 1
+
+
 def test_boundary_band_width_and_dtype():
     y = np.zeros((1, 12, 12), np.uint8)
     y[0, :, 6:] = 1
