@@ -1,12 +1,20 @@
 """Every registered model converts to a batch-1 full-int8 ``.tflite`` that is integer
 inside, passes the GPU-delegate check and tracks the float model: a new architecture joins
-with no new test code."""
+with no new test code.
+
+The stage-1 encoders (tag ``stage1``: the first half of the full model, trained, not
+deployed) join only with -m slow, like the large variants: each int8 conversion costs half a
+minute of CI's two cores. SINet itself is exported in full int8 with its official weights
+by test_export.py and test_demo.py, so it is not repeated here with random ones."""
 
 import numpy as np
 
-from registry_cases import small_model  # noqa: F401  (small_model: a fixture)
+from registry_cases import model_params, small_model_fixture
 from sinet_tf.export import TFLiteRunner, export_tflite
 from sinet_tf.export.quantize import inspect_tflite
+
+
+small_model = small_model_fixture([p for p in model_params(slow_tags=("large", "stage1")) if p != "sinet"])
 
 
 def _batchnorm_from_data(model, images):
