@@ -130,19 +130,18 @@ def _representative(images: np.ndarray):
 
 
 def _person_iou(prob: np.ndarray, labels: np.ndarray, ignore: int = 255) -> float:
-    """Person IoU per image (prediction prob > 0.5), averaged; labels {0, 1, ignore}.
-    A probability map smaller than its labels (an encoder's 1/8 output) is bilinearly
-    resized to the labels' size first."""
+    """Person IoU per image (prediction prob > 0.5, :func:`sinet_tf.metrics.person_iou`),
+    averaged; labels {0, 1, ignore}. A probability map smaller than its labels (an encoder's
+    1/8 output) is bilinearly resized to the labels' size first."""
     import cv2
+
+    from sinet_tf.metrics import person_iou
 
     ious = []
     for p, y in zip(prob, labels):
         if p.shape != y.shape:
             p = cv2.resize(np.asarray(p, np.float32), (y.shape[1], y.shape[0]), interpolation=cv2.INTER_LINEAR)
-        valid = y != ignore
-        pred, truth = (p > 0.5) & valid, (y == 1) & valid
-        union = (pred | truth).sum()
-        ious.append(1.0 if union == 0 else (pred & truth).sum() / union)
+        ious.append(float(person_iou((p > 0.5).astype(np.uint8), y, ignore)[0]))
     return float(np.mean(ious))
 
 
