@@ -1,11 +1,18 @@
 """Every registered model converts to a batch-1 float32 ``.tflite`` that matches Keras and
 passes the GPU-delegate check: a new architecture joins with no new test code (full int8:
-test_registry_int8.py, a module of its own so the two spread over the test workers)."""
+test_registry_int8.py, a module of its own so the two spread over the test workers).
+
+SINet and ExtremeC3Net are converted with their official weights and compared with the
+official outputs by test_cli.py and test_official_parity.py, so they are not repeated here
+with random ones; the stage-1 encoders (tag ``stage1``) join with -m slow."""
 
 import numpy as np
 
-from registry_cases import pixels, small_model  # noqa: F401  (small_model: a fixture)
+from registry_cases import model_params, pixels, small_model_fixture
 from sinet_tf.export import TFLiteRunner, check_gpu_compatibility, convert_float32
+
+small_model = small_model_fixture([p for p in model_params(slow_tags=("large", "stage1"))
+                                   if p not in ("sinet", "extremec3net")])
 
 
 def test_tflite_conversion_matches_keras_and_is_gpu_compatible(small_model):
