@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-parity", type=int, default=50, help="images for the parity check (default 50)")
     p.add_argument("--input-size", help="HxW to export at (registry names check it against the architecture)")
     p.add_argument("--metadata", action="store_true", help="add TFLite metadata MediaPipe's ImageSegmenter reads "
-                                                           "(pip install \".[mediapipe]\")")
+                                                           "(pip install --no-deps mediapipe==1.2.2)")
     p.add_argument("--allow-cpu-ops", action="store_true", help="exit 0 even if an op is not GPU-delegate compatible")
     p.add_argument("--int8-ranges", choices=("minmax", "average"), default="minmax",
                    help="int8 activation ranges: min/max over the calibration images (default), or the "

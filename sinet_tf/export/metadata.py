@@ -3,7 +3,8 @@ readers) need: an image input with its normalization, category labels, and the o
 described as a segmentation mask.
 
 Written with MediaPipe's own metadata writer (``mediapipe.tasks.python.metadata.
-metadata_writers.image_segmenter``; install with ``pip install ".[mediapipe]"``).
+metadata_writers.image_segmenter``; install with ``pip install --no-deps mediapipe==1.2.2``:
+its declared dependency opencv-contrib-python would be a second owner of ``cv2``).
 mediapipe 1.2.2's wheel lacks one native helper that the writer imports,
 ``_pywrap_metadata_version.GetMinimumMetadataParserVersion`` (see DESIGN.md); it only
 computes the ``min_parser_version`` string from which schema fields a metadata buffer
@@ -68,8 +69,8 @@ def _writer():
         import mediapipe.tasks.metadata.metadata_schema_py_generated  # noqa: F401
     except ImportError as e:
         raise MetadataUnavailable(
-            "--metadata needs MediaPipe's metadata writer: pip install \".[mediapipe]\" "
-            f"(mediapipe 1.2.2) ({e})") from e
+            "--metadata needs MediaPipe's metadata writer: pip install --no-deps mediapipe==1.2.2 "
+            f"({e})") from e
     native = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
     try:
         __import__(native)
