@@ -30,11 +30,14 @@ def layer_errors(model, data: bytes, images):
     outside the int8 tensor's range)]`` in graph order."""
     import keras
     import numpy as np
+
     from ai_edge_litert.interpreter import Interpreter
+
+    from sinet_tf.compat import interpreter_ops
 
     it = Interpreter(model_content=data, experimental_preserve_all_tensors=True, num_threads=1)
     it.allocate_tensors()
-    ops = it._get_ops_details()
+    ops = interpreter_ops(it)
     details = {d["index"]: d for d in it.get_tensor_details()}
     producer_of = {}
     for op in ops:

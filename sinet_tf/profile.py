@@ -134,12 +134,13 @@ def time_models(models: dict, threads: int = 1, xnnpack: bool = True, warmup: in
     With ``inner > 1`` a sample is the mean of ``inner`` back-to-back invokes of one model:
     warm caches, as an op sees them inside a whole graph."""
     from sinet_tf.bench.host import interleaved_times
+    from sinet_tf.compat import interpreter_ops
 
     its = {k: _profile_interpreter(v, threads, xnnpack) for k, v in models.items()}
     times = interleaved_times({k: it.invoke for k, it in its.items()}, warmup, runs, inner)
     out = {}
     for k, it in its.items():
-        kinds = [o["op_name"] for o in it._get_ops_details()]
+        kinds = [o["op_name"] for o in interpreter_ops(it)]
         out[k] = {"median_ms": float(np.median(times[k])), "min_ms": float(np.min(times[k])),
                   "delegate_nodes": kinds.count("DELEGATE")}
     return out
@@ -176,10 +177,10 @@ def op_profile(data: bytes, threads: int = 1, xnnpack: bool = True, warmup: int 
 def invoke_overhead_ms(threads: int = 1, runs: int = 200) -> float:
     """Median ``invoke()`` time of a one-op model on a ``[1, 1, 1, 1]`` tensor: what every
     per-op time of :func:`op_profile` includes besides the op itself."""
-    import tensorflow as tf
+    from sinet_tf.export.frozen import frozen_graph_converter
 
-    fn = tf.function(lambda x: x + 1.0, input_signature=[tf.TensorSpec([1, 1, 1, 1], tf.float32)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+    x = keras.Input(batch_shape=(1, 1, 1, 1))
+    converter = frozen_graph_converter(keras.Model(x, x + 1.0))
     return time_models({"add": converter.convert()}, threads, True, 10, runs)["add"]["median_ms"]
 
 

@@ -14,7 +14,7 @@ SCANNED = ["sinet_tf", "tests", "benchmarks"]
 
 
 def _deptry(root: Path, *paths: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deptry", *paths], cwd=root, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deptry", "--no-ansi", *paths], cwd=root, capture_output=True, text=True,
                           timeout=120)
 
 

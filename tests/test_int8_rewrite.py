@@ -200,6 +200,7 @@ def test_official_sinet_rewrite_is_equivalent(official_sinet_64):
 def test_official_sinet_int8_is_one_xnnpack_partition_and_gpu_compatible(official_sinet_64):
     from ai_edge_litert.interpreter import Interpreter
 
+    from sinet_tf.compat import interpreter_ops
     from sinet_tf.export import _representative, check_gpu_compatibility
     from sinet_tf.export.quantize import convert, inspect_tflite
 
@@ -216,7 +217,7 @@ def test_official_sinet_int8_is_one_xnnpack_partition_and_gpu_compatible(officia
     assert check_gpu_compatibility(data).compatible
     interpreter = Interpreter(model_content=data, num_threads=1)
     interpreter.allocate_tensors()
-    names = [op["op_name"] for op in interpreter._get_ops_details()]
+    names = [op["op_name"] for op in interpreter_ops(interpreter)]
     assert names.count("DELEGATE") == 1
 
 

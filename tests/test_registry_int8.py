@@ -24,7 +24,9 @@ def _batchnorm_from_data(model, images):
     int8 range can hold; with data statistics they stay O(1), as in a trained network."""
     import keras
 
-    layers = list(model._flatten_layers())
+    from sinet_tf.profile import iter_layers
+
+    layers = list(iter_layers(model))
     norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
     drops = [layer for layer in layers if isinstance(layer, keras.layers.Dropout)]  # off: deterministic
     momenta, rates = [layer.momentum for layer in norms], [layer.rate for layer in drops]

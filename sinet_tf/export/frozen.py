@@ -4,7 +4,7 @@
 ``ExportArchive``: every variable saved, the call traced several times, the SavedModel read
 back), which is most of the conversion time: 28-45 s for ExtremeC3Net at 64x64 on a 2-core
 CPU. Here the model is traced once at its static batch-1 input, its variables are folded to
-constants (``convert_variables_to_constants_v2``), and that graph is converted. The converter
+constants (:func:`sinet_tf.compat.freeze_concrete_function`), and that graph is converted. The converter
 sees the same computation with the weights already constant, so it produces the same ops
 and the same numbers (the same file up to tensor names, float32 and int8 alike, checked in
 the tests) in about a quarter of the time. Folding the variables first is what keeps
@@ -18,10 +18,6 @@ writes (inputs named like the Keras inputs, outputs ``output_0``, ...), so
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from io import StringIO
-
 __all__ = ["frozen_graph_converter", "add_serving_signature", "input_names", "pack_model"]
 
 
@@ -29,7 +25,8 @@ def frozen_graph_converter(model):
     """A ``tf.lite.TFLiteConverter`` for ``model`` in inference mode, traced at batch 1
     (a dynamic batch dimension is fixed to 1; height and width must be static)."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from sinet_tf.compat import converter_from_frozen_function, freeze_concrete_function
 
     specs = []
     for t, name in zip(model.inputs, input_names(model)):
@@ -46,15 +43,7 @@ def frozen_graph_converter(model):
         return model(inputs[0] if single else list(inputs), training=False)
 
     concrete = tf.function(infer).get_concrete_function(*specs)
-    frozen = convert_variables_to_constants_v2(concrete)
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)  # "consider providing the trackable_obj argument": the graph holds no variables
-    try:
-        with contextlib.redirect_stdout(StringIO()):
-            return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    finally:
-        absl.setLevel(level)
+    return converter_from_frozen_function(freeze_concrete_function(concrete))
 
 
 def input_names(model) -> list[str]:

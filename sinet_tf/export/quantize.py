@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from sinet_tf.compat import calibrate_only, quantize_calibrated
 from sinet_tf.export.frozen import add_serving_signature, frozen_graph_converter, input_names, pack_model
 
 __all__ = ["CALIBRATION_RANGES", "QUANTIZE_MODES", "IO_TYPES", "ExportError", "TFLiteContents", "average_ranges",
@@ -176,7 +177,7 @@ def convert(model, quantize: str = "none", io: str = "float32",
         converter.inference_output_type = dtype
         # calibrate here, quantize below: what converter.convert() does in one step, with
         # the calibrated float model in between for other range statistics
-        converter._experimental_calibrate_only = True
+        calibrate_only(converter)
     # the converter prints its quantization settings; keep the console readable
     with contextlib.redirect_stdout(StringIO()):
         data = converter.convert()
@@ -192,10 +193,7 @@ def _quantize_calibrated(calibrated: bytes, io_dtype) -> bytes:
     """The full-integer model of a calibrated float model, as ``TFLiteConverter.convert()``
     makes it with its default (MLIR) quantizer: per-channel weights, I/O of ``io_dtype``,
     read-only buffers deduplicated."""
-    from tensorflow.lite.python import convert as tfl_convert
-
-    data = tfl_convert.mlir_quantize(calibrated, False, input_data_type=io_dtype, output_data_type=io_dtype)
-    return tfl_convert.deduplicate_readonly_buffers(data)
+    return quantize_calibrated(calibrated, io_dtype)
 
 
 def _per_image_ranges(data: bytes, images, indices):

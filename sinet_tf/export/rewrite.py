@@ -71,6 +71,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from sinet_tf.compat import layer_input_producers
 from sinet_tf.layers.normalization import InputNormalization
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.layers.s2 import GroupedPointwiseConv
@@ -287,21 +288,15 @@ def _graph(model: keras.Model):
     name, the producer names of each layer's inputs (in order) and the consumer names of
     each layer's output (model outputs count as a consumer ``None``). Read from the
     layers' call nodes (every layer here is called once)."""
-    import keras.src.tree as tree
-
     layers = {layer.name: layer for layer in model.layers}
-    producers = {}
-    for layer in model.layers:
-        nodes = [n for n in layer._inbound_nodes if all(
-            t._keras_history.operation.name in layers for t in tree.flatten(n.input_tensors))]
-        tensors = tree.flatten(nodes[0].input_tensors) if nodes else []
-        producers[layer.name] = [t._keras_history.operation.name for t in tensors]
+    producers = layer_input_producers(model)
+    outputs = producers.pop("<outputs>")
     consumers = {name: [] for name in producers}
     for name, ps in producers.items():
         for p in ps:
             consumers[p].append(name)
-    for t in tree.flatten(model.outputs):
-        consumers[t._keras_history.operation.name].append(None)
+    for p in outputs:
+        consumers[p].append(None)
     return layers, producers, consumers
 
 
@@ -584,8 +579,8 @@ class _Plan:
         kernel, bias and map."""
         norm_name, pad_name = self.norm_fold[conv.name]
         norm = self.layers[norm_name]
-        a = np.asarray(norm._kernel[0, 0], np.float64)  # [in, out]
-        b_n = np.asarray(norm._bias, np.float64)
+        a = np.asarray(norm.matrix, np.float64)  # [in, out]
+        b_n = np.asarray(norm.offset, np.float64)
         w = np.asarray(conv.kernel.numpy(), np.float64)
         bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else np.zeros(w.shape[-1])
         kernel = np.einsum("ic,hwco->hwio", a, w)

@@ -35,6 +35,16 @@ class InputNormalization(keras.layers.Layer):
         self._kernel = kernel
         self._bias = (-np.asarray(p.mean) * np.asarray(p.scale)).astype(np.float32)
 
+    @property
+    def matrix(self) -> np.ndarray:
+        """``A`` of ``n(x) = x A + b``: ``[3 in, 3 out]`` (channel order and scale)."""
+        return self._kernel[0, 0]
+
+    @property
+    def offset(self) -> np.ndarray:
+        """``b`` of ``n(x) = x A + b``: ``[3]``."""
+        return self._bias
+
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
         kernel = ops.cast(self._kernel, self.compute_dtype)

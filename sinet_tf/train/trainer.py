@@ -29,6 +29,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from sinet_tf.compat import optimizer_variable_key
 from sinet_tf.io import save_keras_atomic, write_atomic
 from sinet_tf.losses import build_loss
 from sinet_tf.train.config import StageConfig, TrainConfig
@@ -54,11 +55,11 @@ class _CoupledL2:
 
     def build(self, var_list):
         super().build(var_list)
-        self._l2_keys = {self._var_key(v) for v in var_list
+        self._l2_keys = {optimizer_variable_key(self, v) for v in var_list
                          if not any(p in v.path for p in self.l2_exclude)}
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.l2 and self._var_key(variable) in self._l2_keys:
+        if self.l2 and optimizer_variable_key(self, variable) in self._l2_keys:
             gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable, gradient.dtype)
         return super().update_step(gradient, variable, learning_rate)
 

@@ -1,0 +1,120 @@
+"""Every private TensorFlow / Keras / LiteRT call the project makes, in one place.
+
+These are the calls that break on the next release of the stack: each is wrapped in a
+function here with a test of its own (``tests/test_compat.py``), and a failure names the
+call and the versions it was written for, so an upgrade fails here, clearly, and not
+deep inside an export or a training run. Nothing else in ``sinet_tf`` reaches into
+``tensorflow.python``, ``tensorflow.lite.python``, ``keras.src`` or an underscored
+attribute of a TensorFlow, Keras or LiteRT object.
+
+Written for TensorFlow 2.21, Keras 3.15 and ai-edge-litert 2.3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from io import StringIO
+
+__all__ = ["StackChanged", "freeze_concrete_function", "converter_from_frozen_function", "calibrate_only",
+           "quantize_calibrated", "layer_input_producers", "optimizer_variable_key", "interpreter_ops"]
+
+TESTED_WITH = "TensorFlow 2.21, Keras 3.15, ai-edge-litert 2.3"
+
+
+class StackChanged(RuntimeError):
+    """A private API of TensorFlow, Keras or LiteRT that sinet-tf relies on has changed."""
+
+
+@contextlib.contextmanager
+def _private(what: str):
+    try:
+        yield
+    except (AttributeError, ImportError, TypeError) as e:
+        raise StackChanged(f"{what} is not what sinet-tf was written for ({TESTED_WITH}): "
+                           f"{type(e).__name__}: {e}") from e
+
+
+def freeze_concrete_function(concrete):
+    """The concrete function with its variables folded to constants
+    (``tensorflow.python.framework.convert_to_constants.convert_variables_to_constants_v2``)."""
+    with _private("tensorflow.python.framework.convert_to_constants.convert_variables_to_constants_v2"):
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    return convert_variables_to_constants_v2(concrete)
+
+
+def converter_from_frozen_function(frozen):
+    """``tf.lite.TFLiteConverter.from_concrete_functions([frozen])`` for a function whose
+    variables are already constants, without the deprecation notice and the absl warning
+    "consider providing the trackable_obj argument" (the graph holds no variables)."""
+    import tensorflow as tf
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(StringIO()):
+            return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    finally:
+        absl.setLevel(level)
+
+
+def calibrate_only(converter) -> None:
+    """Make ``converter.convert()`` stop after calibration: it then returns the float model
+    with the calibration statistics (min/max per tensor) instead of the quantized model
+    (``TFLiteConverter._experimental_calibrate_only``)."""
+    with _private("TFLiteConverter._experimental_calibrate_only"):
+        if not hasattr(converter, "_experimental_calibrate_only"):
+            raise AttributeError("the converter has no attribute '_experimental_calibrate_only'")
+        converter._experimental_calibrate_only = True
+
+
+def quantize_calibrated(calibrated: bytes, io_dtype) -> bytes:
+    """The full-integer model of a calibrated float model, as ``TFLiteConverter.convert()``
+    makes it with its default (MLIR) quantizer: per-channel weights, I/O of ``io_dtype``,
+    read-only buffers deduplicated (``tensorflow.lite.python.convert.mlir_quantize`` and
+    ``deduplicate_readonly_buffers``)."""
+    with _private("tensorflow.lite.python.convert.mlir_quantize"):
+        from tensorflow.lite.python import convert as tfl_convert
+
+        quantize, dedupe = tfl_convert.mlir_quantize, tfl_convert.deduplicate_readonly_buffers
+    data = quantize(calibrated, False, input_data_type=io_dtype, output_data_type=io_dtype)
+    return dedupe(data)
+
+
+def layer_input_producers(model) -> dict[str, list[str]]:
+    """For each layer of a functional ``model``, the names of the layers whose outputs it
+    takes, in call order, plus ``"<outputs>"``: the layers producing the model's outputs.
+    Read from the layers' inbound call nodes (``layer._inbound_nodes``, the tensors'
+    ``_keras_history``, ``keras.src.tree``); every layer here is called once within the
+    model (nodes from other models' calls are ignored)."""
+    with _private("keras layer._inbound_nodes / tensor._keras_history / keras.src.tree"):
+        import keras.src.tree as tree
+
+        names = {layer.name for layer in model.layers}
+
+        def producer(t):
+            return t._keras_history.operation.name
+
+        out = {}
+        for layer in model.layers:
+            nodes = [n for n in layer._inbound_nodes
+                     if all(producer(t) in names for t in tree.flatten(n.input_tensors))]
+            out[layer.name] = [producer(t) for t in tree.flatten(nodes[0].input_tensors)] if nodes else []
+        out["<outputs>"] = [producer(t) for t in tree.flatten(model.outputs)]
+    return out
+
+
+def optimizer_variable_key(optimizer, variable):
+    """The key a Keras optimizer uses for ``variable`` in its slot tables
+    (``Optimizer._var_key``): stable across replicas of a distributed variable."""
+    with _private("keras Optimizer._var_key"):
+        return optimizer._var_key(variable)
+
+
+def interpreter_ops(interpreter) -> list[dict]:
+    """Every node the LiteRT interpreter will run, in order, as dicts with ``op_name``,
+    ``index``, ``inputs`` and ``outputs`` (``Interpreter._get_ops_details``): after
+    delegation, a delegated partition is one ``DELEGATE`` node."""
+    with _private("ai_edge_litert Interpreter._get_ops_details"):
+        return interpreter._get_ops_details()
