@@ -39,7 +39,9 @@ def freeze_concrete_function(concrete):
     """The concrete function with its variables folded to constants
     (``tensorflow.python.framework.convert_to_constants.convert_variables_to_constants_v2``)."""
     with _private("tensorflow.python.framework.convert_to_constants.convert_variables_to_constants_v2"):
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
     return convert_variables_to_constants_v2(concrete)
 
 

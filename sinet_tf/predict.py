@@ -3,7 +3,7 @@
 Inputs (:func:`expand_inputs`): image files, folders (their top-level images and videos,
 not sub-folders), video files (``.mp4 .avi .mov .mkv .webm``, read with
 ``cv2.VideoCapture``) and a webcam index (``"0"``). Photos are read upright
-(:func:`sinet_tf.io.read_rgb` applies the EXIF orientation).
+(:func:`sinet_tf.files.read_rgb` applies the EXIF orientation).
 
 Outputs in the output folder, each written to a temporary file and renamed:
 
@@ -29,7 +29,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from sinet_tf.io import IMAGE_SUFFIXES, atomic_path, read_rgb, write_image_atomic
+from sinet_tf.files import IMAGE_SUFFIXES, atomic_path, read_rgb, write_image_atomic
 
 __all__ = ["VIDEO_SUFFIXES", "PredictInput", "expand_inputs", "parse_background", "composite", "predict"]
 

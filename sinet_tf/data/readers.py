@@ -64,7 +64,7 @@ import cv2
 import numpy as np
 
 from sinet_tf.data.base import BINARY_CLASSES, IGNORE_INDEX, SegmentationSource
-from sinet_tf.io import IMAGE_SUFFIXES, apply_exif_orientation, exif_orientation
+from sinet_tf.files import IMAGE_SUFFIXES, apply_exif_orientation, exif_orientation
 
 __all__ = ["load_dataset", "check_dataset", "FileDataset", "Sample", "Problem", "DataReport",
            "DataError", "LAYOUTS"]
@@ -312,7 +312,7 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
-# EXIF orientation: one implementation, shared with sinet_tf.io.read_rgb (photos for `sinet predict`)
+# EXIF orientation: one implementation, shared with sinet_tf.files.read_rgb (photos for `sinet predict`)
 _exif_orientation = exif_orientation
 _orient = apply_exif_orientation
 

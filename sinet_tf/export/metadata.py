@@ -81,7 +81,10 @@ def _writer():
             sys.modules.setdefault(parent, types.ModuleType(parent))
         sys.modules[native] = shim
         sys.modules["mediapipe.tasks.cc.metadata.python"]._pywrap_metadata_version = shim
-    from mediapipe.tasks.python.metadata.metadata_writers import image_segmenter, metadata_writer
+    from mediapipe.tasks.python.metadata.metadata_writers import (
+        image_segmenter,
+        metadata_writer,
+    )
 
     return image_segmenter, metadata_writer
 
