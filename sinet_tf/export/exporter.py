@@ -180,11 +180,8 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     int8: the model is first rewritten for int8 (:func:`sinet_tf.export.rewrite.int8_friendly`,
     with per-channel range equalization on the first calibration images when ``equalize``),
     and activation ranges come from the calibration images as ``int8_ranges`` says
-    (:func:`sinet_tf.export.quantize.convert`). On humanseg290 val (200 calibration photos,
-    probabilities head) the default, min/max with equalization, kept both official models
-    within 0.01 person IoU of Keras (SINet +0.0078, ExtremeC3Net -0.0095); averaged ranges
-    gave SINet +0.0094 but ExtremeC3Net -0.0231, and min/max without equalization SINet
-    +0.0159, ExtremeC3Net -0.0133.
+    (:func:`sinet_tf.export.quantize.convert`); how the choices compare is measured in
+    ``benchmarks/export_parity.py`` (results in ``benchmarks/results/``).
 
     Parity with the Keras model is measured on ``parity_data`` (default: the calibration
     images; without either, seeded uniform noise), as max |difference| of the output and

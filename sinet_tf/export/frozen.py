@@ -2,14 +2,14 @@
 
 ``TFLiteConverter.from_keras_model`` on a Keras 3 model writes a SavedModel first (Keras'
 ``ExportArchive``: every variable saved, the call traced several times, the SavedModel read
-back), which is most of the conversion time: 28-45 s for ExtremeC3Net at 64x64 on a 2-core
-CPU. Here the model is traced once at its static batch-1 input, its variables are folded to
+back), which is most of the conversion time (timings in the commit history and
+``benchmarks/results``). Here the model is traced once at its static batch-1 input, its variables are folded to
 constants (:func:`sinet_tf.compat.freeze_concrete_function`), and that graph is converted. The converter
 sees the same computation with the weights already constant, so it produces the same ops
 and the same numbers (the same file up to tensor names, float32 and int8 alike, checked in
 the tests) in about a quarter of the time. Folding the variables first is what keeps
 ``from_concrete_functions`` usable with Keras 3 models: without it the variables would stay
-resource reads that break int8 calibration (see DESIGN.md).
+resource reads that break int8 calibration.
 
 The converted file gets back the ``serving_default`` signature that the SavedModel route
 writes (inputs named like the Keras inputs, outputs ``output_0``, ...), so

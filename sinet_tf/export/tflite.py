@@ -1,6 +1,6 @@
 """Conversion of Keras models to ``.tflite`` with a static ``[1, H, W, 3]`` input.
 
-Facts this relies on (verified with TF 2.21, see DESIGN.md): the TFLite converter's
+Facts this relies on (verified with TF 2.21): the TFLite converter's
 ``from_keras_model`` on a functional model whose input has batch size 1 produces a
 fully static graph; a ``None`` batch leaves ``-1`` in the shape signatures (mobile GPU
 delegates refuse dynamic shapes) and turns dilated convs into SPACE_TO_BATCH_ND.
