@@ -88,6 +88,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import tensorflow as tf
 
+from sinet_tf.compat import xla_window_gather
+
 __all__ = ["PortraitNetAugmentation", "sample_params", "augment_example", "augment_batch",
            "geometric_transform", "texture_transform", "resize_example", "canvas_size", "make_canvas",
            "MARGIN", "RING", "TEXTURE_OPS", "Draw", "TextureOp", "texture_op", "register_texture_op",
@@ -678,15 +680,11 @@ def _warp(canvas, index, coeffs, out_hw, margin):
     uint8 ``[B, h, w]`` (nearest), outside the canvas the ring's fill values: as
     ``ImageProjectiveTransformV3`` with constant fill, pixel centres at integers.
     """
-    from tensorflow.compiler.tf2xla.python import xla as tfxla
-
     batch, wp = canvas.shape[0], int(canvas.shape[2])
     hh, ww = out_hw[0] + 2 * margin, out_hw[1] + 2 * margin
     # one gather of the rows [i, i + 1] and [i + wp, i + wp + 1]: [B, hh, ww, 2, 2]
-    dims = tfxla.xla_data_pb2.GatherDimensionNumbers(
-        offset_dims=[4], collapsed_slice_dims=[], start_index_map=[0], index_vector_dim=4)
     starts = tf.stack([index, index + wp], axis=-1)[..., None]
-    win = tfxla.gather(tf.reshape(canvas, [-1]), starts, dims, [2], True)
+    win = xla_window_gather(tf.reshape(canvas, [-1]), starts, window=2)
     win.set_shape([batch, hh, ww, 2, 2])
     x, y = _sample_grid(coeffs, out_hw, margin)
     # (a clamped window is all fill, so its weights do not matter)
