@@ -138,3 +138,21 @@ def test_sinet_help_and_check_gpu_start_without_tensorflow():
                  "import sinet_tf.export.gpu_compat, sinet_tf.runtime\n"
                  "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     assert out == "[]"
+
+
+PRIVATE_MARKERS = ("tensorflow.python", "tensorflow.lite.python", "tensorflow.compiler", "keras.src",
+                   "._get_ops_details", "._inbound_nodes", "._keras_history", "._var_key", "._experimental_",
+                   "._flatten_layers")
+
+
+def test_private_stack_calls_only_in_compat():
+    """Private TensorFlow / Keras / LiteRT APIs are called from sinet_tf/compat.py only."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "compat.py" and path.parent == PACKAGE:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if any(m in code for m in PRIVATE_MARKERS):
+                found.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    assert not found, "\n".join(found)
