@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 
 from sinet_tf.export.passes.batch_norm import AffineThenResize, ChannelAffine, ScaledAdd, place_batch_norms
 from sinet_tf.export.passes.channel_shuffle import absorb_channel_shuffles
@@ -91,7 +92,7 @@ class RewriteContext:
     of a PReLU's alpha that returns one, or ``"auto"``: :func:`auto_prelu_mode`), and the
     keyword arguments of :func:`equalize_channels`."""
 
-    images: object = None
+    images: np.ndarray | None = None
     prelu_mode: str | Callable = "auto"
     equalization: dict = field(default_factory=dict)
 
@@ -178,8 +179,8 @@ def _require_known(names: Iterable[str]) -> None:
 def int8_friendly(model: keras.Model, prelu_mode="auto", images=None, passes: Iterable[str] | None = None,
                   **equalization) -> keras.Model:
     """A copy of ``model`` with the rewrite passes applied (same weights, same function):
-    all of :data:`PASSES` in order, or only those named in ``passes`` (still in that
-    order). ``prelu_mode``: the :class:`DecomposedPReLU` form, a function of a PReLU's
+    all of :data:`PASSES` in order, or only those named in ``passes`` (a name or a list of
+    names; still in :data:`PASSES` order). ``prelu_mode``: the :class:`DecomposedPReLU` form, a function of a PReLU's
     alpha that returns one, or ``"auto"`` (:func:`auto_prelu_mode`). With calibration
     ``images``, channel ranges are then equalized (:func:`equalize_channels`, keyword
     arguments passed on)."""
