@@ -2,17 +2,12 @@
 as an ordered list of named passes (:data:`PASSES`, run by :func:`int8_friendly`).
 
 Every rewrite computes the same function as the Keras model (up to float rounding; the
-tests check each one). They exist because, on the x86 CPUs measured here (AVX2, no VNNI;
-LiteRT 2.x with XNNPACK), int8 kernels are not faster than float32 ones for SINet's tiny
-channel counts (``benchmarks/int8_kernels.py``, one thread: 1x1 convs 1.0-1.3x the float
-time, 3x3 depthwise 1.7x, convs with 2-3 input channels 2.3-2.9x), ops XNNPACK does not
-take in int8 fall back to the builtin kernels at 5-20x, and every extra op is another
-pass over memory with its own requantization. The int8 graph therefore has to do less
-work than the float one. Measured per op (``benchmarks/profile_ops.py``, official SINet,
-224x224, one thread, summed warm op times): 23.6 ms before these rewrites were revised,
-of which PReLU as two 1x1 depthwise convs + ADD 6.4 ms (float PRELU: 1.1 ms), the
-classifier's 3x3 conv 2->2 at 224x224 2.7 ms (float: 0.9 ms), the input normalization
-conv 0.75 ms.
+tests check each one). They exist because int8 kernels are not faster than float32 ones
+at SINet's tiny channel counts on CPUs without int8 dot-product instructions, ops XNNPACK
+does not take in int8 fall back to slow builtin kernels, and every extra op is another pass
+over memory with its own requantization: the int8 graph has to do less work than the float
+one. The measurements behind this, and the rewrites tried and dropped, are in
+``benchmarks/results/int8_rewrites.md``.
 
 The passes, in the order they run (each one module of :mod:`sinet_tf.export.passes`, with
 the why and the numbers in its docstring):
@@ -47,16 +42,6 @@ equivalent model, or ``model`` itself when it changes nothing, and never modifie
 A new pass is one function plus one entry in :data:`PASSES` (or a :func:`register_pass`
 call, e.g. from a test).
 
-Tried and dropped: concat equalization from BN statistics (scale a concat's smaller parts
-up through a PReLU/BN/conv/average pool, divide the BN after it): ExtremeC3Net -0.065 and
-SINet -0.015 (both worse than without); equalizing through a concat into the BN after it
-(ExtremeC3Net's image-pyramid inputs): no better than without. A PReLU between a depthwise
-conv and a 1x1 conv computed as ``[relu(z), relu(-z)]`` (depthwise multiplier 2 with fused
-ReLU, the 1x1 conv reading ``[W; -alpha W]``): exact, but XNNPACK's int8 depthwise with
-multiplier 2 is ~8x slower than multiplier 1 (4.2 vs 0.55 ms at 56x56x48). The first conv
-(3 -> 12, 3x3, stride 2) as SPACE_TO_DEPTH + 2x2 conv 12 -> 12: 1.22 vs 1.30 ms, not worth
-an op.
-
 The float32/fp16 exports keep the original layers (one PRELU op is cheaper on GPUs).
 """
 
@@ -64,15 +49,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import keras
-import numpy as np
 
 from sinet_tf.export.passes.batch_norm import AffineThenResize, ChannelAffine, ScaledAdd, place_batch_norms
 from sinet_tf.export.passes.channel_shuffle import absorb_channel_shuffles
 from sinet_tf.export.passes.equalize import equalize_channels, equalize_on_calibration_images
-from sinet_tf.export.passes.graph import FoldedAway, copy_model
+from sinet_tf.export.passes.graph import FoldedAway, RewriteContext, copy_model
 from sinet_tf.export.passes.input_normalization import OffsetConv2D, fold_input_normalization
 from sinet_tf.export.passes.pointwise import merge_pointwise_convs
 from sinet_tf.export.passes.pooling import pools_as_depthwise
@@ -83,18 +67,6 @@ __all__ = ["NEAR_RELU", "PASSES", "AffineThenResize", "ChannelAffine", "Decompos
            "RewriteContext", "RewritePass", "ScaledAdd", "SpaceToDepthConv2D", "absorb_channel_shuffles",
            "auto_prelu_mode", "equalize_channels", "int8_friendly", "register_pass", "space_to_depth_kernel",
            "unregister_pass"]
-
-
-@dataclass
-class RewriteContext:
-    """What a pass may use besides the model: calibration ``images`` (``[N, H, W, 3]``
-    float32, or None), the :class:`DecomposedPReLU` form ``prelu_mode`` (a mode, a function
-    of a PReLU's alpha that returns one, or ``"auto"``: :func:`auto_prelu_mode`), and the
-    keyword arguments of :func:`equalize_channels`."""
-
-    images: np.ndarray | None = None
-    prelu_mode: str | Callable = "auto"
-    equalization: dict = field(default_factory=dict)
 
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")

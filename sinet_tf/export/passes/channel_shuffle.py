@@ -7,17 +7,12 @@ of a dense one with half its kernel zero (28x28, 96 -> 48: 0.15 instead of 0.26 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 import numpy as np
 
-from sinet_tf.export.passes.graph import read_graph, rebuild
+from sinet_tf.export.passes.graph import RewriteContext, read_graph, rebuild
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.layers.s2 import GroupedPointwiseConv
-
-if TYPE_CHECKING:
-    from sinet_tf.export.rewrite import RewriteContext
 
 __all__ = ["absorb_channel_shuffles"]
 

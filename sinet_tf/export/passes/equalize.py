@@ -6,20 +6,15 @@ kernel, so small channels get more of their tensor's int8 levels.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 import numpy as np
 
 from sinet_tf.export.passes.batch_norm import AffineThenResize
-from sinet_tf.export.passes.graph import FoldedAway, copy_model, is_linear, read_graph
+from sinet_tf.export.passes.graph import FoldedAway, RewriteContext, copy_model, is_linear, read_graph
 from sinet_tf.export.passes.input_normalization import OffsetConv2D
 from sinet_tf.export.passes.prelu import DecomposedPReLU
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.layers.s2 import GroupedPointwiseConv
-
-if TYPE_CHECKING:
-    from sinet_tf.export.rewrite import RewriteContext
 
 __all__ = ["equalize_channels", "equalize_on_calibration_images"]
 

@@ -9,7 +9,8 @@ every other layer's name stay as they were.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import keras
 import numpy as np
@@ -128,3 +129,15 @@ def compose_affine(first, s, t):
     """``(s, t)`` applied after the affine ``first = (s0, t0)``: ``(s s0, s t0 + t)``."""
     s0, t0 = first
     return s * s0, s * t0 + t
+
+
+@dataclass
+class RewriteContext:
+    """What a pass may use besides the model: calibration ``images`` (``[N, H, W, 3]``
+    float32, or None), the :class:`DecomposedPReLU` form ``prelu_mode`` (a mode, a function
+    of a PReLU's alpha that returns one, or ``"auto"``: :func:`auto_prelu_mode`), and the
+    keyword arguments of :func:`equalize_channels`."""
+
+    images: np.ndarray | None = None
+    prelu_mode: str | Callable = "auto"
+    equalization: dict = field(default_factory=dict)

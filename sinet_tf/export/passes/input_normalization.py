@@ -8,17 +8,20 @@ output resolution). The int8 conv then reads the camera pixels themselves (scale
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 import numpy as np
 from keras import ops
 
-from sinet_tf.export.passes.graph import bn_affine, compose_affine, folded_away, is_linear, read_graph, rebuild
+from sinet_tf.export.passes.graph import (
+    RewriteContext,
+    bn_affine,
+    compose_affine,
+    folded_away,
+    is_linear,
+    read_graph,
+    rebuild,
+)
 from sinet_tf.layers.normalization import InputNormalization
-
-if TYPE_CHECKING:
-    from sinet_tf.export.rewrite import RewriteContext
 
 __all__ = ["OffsetConv2D", "fold_input_normalization"]
 

@@ -6,15 +6,10 @@ The export heads put a fixed difference conv on SINet's logits; merged into SINe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 import numpy as np
 
-from sinet_tf.export.passes.graph import folded_away, is_linear, read_graph, rebuild
-
-if TYPE_CHECKING:
-    from sinet_tf.export.rewrite import RewriteContext
+from sinet_tf.export.passes.graph import RewriteContext, folded_away, is_linear, read_graph, rebuild
 
 __all__ = ["merge_pointwise_convs"]
 

@@ -3,15 +3,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 import numpy as np
 
-from sinet_tf.export.passes.graph import rebuild
-
-if TYPE_CHECKING:
-    from sinet_tf.export.rewrite import RewriteContext
+from sinet_tf.export.passes.graph import RewriteContext, rebuild
 
 __all__ = ["pools_as_depthwise"]
 

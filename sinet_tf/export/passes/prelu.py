@@ -9,16 +9,11 @@ first form cancel for ``x < 0`` (:func:`auto_prelu_mode`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 import numpy as np
 from keras import ops
 
-from sinet_tf.export.passes.graph import rebuild
-
-if TYPE_CHECKING:
-    from sinet_tf.export.rewrite import RewriteContext
+from sinet_tf.export.passes.graph import RewriteContext, rebuild
 
 __all__ = ["NEAR_RELU", "DecomposedPReLU", "auto_prelu_mode", "decompose_prelus"]
 

@@ -6,16 +6,11 @@ Convs with at most 4 input and 4 output channels, stride 1, "same": SINet's clas
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 import numpy as np
 from keras import ops
 
-from sinet_tf.export.passes.graph import rebuild
-
-if TYPE_CHECKING:
-    from sinet_tf.export.rewrite import RewriteContext
+from sinet_tf.export.passes.graph import RewriteContext, rebuild
 
 __all__ = ["SpaceToDepthConv2D", "convs_on_pixel_blocks", "space_to_depth_kernel"]
 
