@@ -1,0 +1,168 @@
+"""Edge refinement guided by the photo: the guided filter on the person probability.
+
+The guided filter (He, Sun and Tang, "Guided Image Filtering", TPAMI 2013) with a grey
+guide ``I`` (the photo's luma in [0, 1]: ``(0.299 R + 0.587 G + 0.114 B) / 255``) and input
+``p`` (the person probability) fits, in every ``(2r+1) x (2r+1)`` window ``w_k``, the linear
+model ``q = a_k I + b_k`` (Eq. 1) that best explains ``p`` with a penalty ``eps a_k^2``
+(Eq. 3):
+
+    ``a_k = (mean_k(I p) - mean_k(I) mean_k(p)) / (var_k(I) + eps)``      (Eq. 5)
+    ``b_k = mean_k(p) - a_k mean_k(I)``                                 (Eq. 6)
+    ``q_i = mean_i(a) I_i + mean_i(b)``                                 (Eq. 8)
+
+so the output follows the photo's edges where ``p`` changes across them. Every mean is a
+box filter over the window clipped to the image (the count of pixels inside it divides
+the sum), which is what AVERAGE_POOL_2D with SAME padding computes.
+
+The model's probability is only ``224 x 224``; the photo is larger. :func:`guided_upsample`
+computes ``mean(a)``, ``mean(b)`` at the model's resolution (with the model's input as
+guide), resizes these smooth coefficient maps bilinearly to the photo and applies Eq. 8
+with the full-resolution guide: the fast guided filter (He and Sun, "Fast Guided Filter",
+arXiv:1505.00996, 2015, Sec. 2; the same low-to-high-resolution step as Wu et al.,
+"Fast End-to-End Trainable Guided Filter", CVPR 2018, Eq. 4-6), at the cost of two resizes
+and a multiply-add per photo pixel. :func:`with_guided_refinement` puts Eq. 5-8 at the
+model's resolution inside an exported model, out of CONV_2D (the luma), AVERAGE_POOL_2D,
+MUL, ADD, SUB, DIV, MAXIMUM and MINIMUM, all run by the mobile GPU delegate. Outputs are
+clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import cv2
+import keras
+import numpy as np
+
+__all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "LUMA", "REFINE_MODES", "GuidedFilter", "box_mean", "check_refine",
+           "guided_coefficients", "guided_filter", "guided_upsample", "luma", "with_guided_refinement"]
+
+REFINE_MODES = ("none", "guided")
+DEFAULT_RADIUS = 4      # window radius in model-input pixels (a 9 x 9 window at 224 x 224)
+DEFAULT_EPS = 1e-3      # regularization of Eq. 3, for a guide in [0, 1]
+LUMA = (0.299, 0.587, 0.114)
+
+
+def check_refine(radius, eps) -> tuple[int, float]:
+    """``(radius, eps)`` validated: a whole radius >= 1 and eps > 0, else a one-line error."""
+    try:
+        r = int(radius)
+        if r != float(radius):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"--refine-radius {radius!r}: expected a whole number of pixels >= 1") from None
+    if r < 1:
+        raise ValueError(f"--refine-radius {radius!r}: expected a whole number of pixels >= 1")
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"--refine-eps {eps!r}: expected a number > 0") from None
+    if not (e > 0 and np.isfinite(e)):
+        raise ValueError(f"--refine-eps {eps!r}: expected a number > 0")
+    return r, e
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """The grey guide in [0, 1] (float32) of RGB pixels in [0, 255]."""
+    rgb = np.asarray(rgb, np.float32)
+    return (rgb @ (np.array(LUMA, np.float32) / 255.0)).astype(np.float32)
+
+
+def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over the ``(2r+1) x (2r+1)`` window around every pixel, the window clipped to the
+    image (a 2-D array, or ``[h, w, c]`` channel by channel)."""
+    x = np.asarray(x, np.float32)
+    k = (2 * radius + 1, 2 * radius + 1)
+    total = cv2.boxFilter(x, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+    count = cv2.boxFilter(np.ones(x.shape[:2], np.float32), -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+    return total / (count if x.ndim == 2 else count[..., None])
+
+
+def guided_coefficients(guide: np.ndarray, prob: np.ndarray, radius: int = DEFAULT_RADIUS,
+                        eps: float = DEFAULT_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """``mean(a)``, ``mean(b)`` of Eq. 5, 6 and 8 for a grey ``guide`` and ``prob`` (same size)."""
+    guide = np.asarray(guide, np.float32)
+    prob = np.asarray(prob, np.float32)
+    if guide.shape != prob.shape:
+        raise ValueError(f"guide {guide.shape} and probability {prob.shape} differ in size")
+    m_i, m_p = box_mean(guide, radius), box_mean(prob, radius)
+    var_i = box_mean(guide * guide, radius) - m_i * m_i
+    cov_ip = box_mean(guide * prob, radius) - m_i * m_p
+    a = cov_ip / (var_i + np.float32(eps))
+    b = m_p - a * m_i
+    return box_mean(a, radius), box_mean(b, radius)
+
+
+def guided_filter(guide: np.ndarray, prob: np.ndarray, radius: int = DEFAULT_RADIUS,
+                  eps: float = DEFAULT_EPS) -> np.ndarray:
+    """Eq. 8 at the guide's resolution, clipped to [0, 1]."""
+    mean_a, mean_b = guided_coefficients(guide, prob, radius, eps)
+    return np.clip(mean_a * np.asarray(guide, np.float32) + mean_b, 0.0, 1.0)
+
+
+def guided_upsample(guide_low: np.ndarray, prob_low: np.ndarray, guide_high: np.ndarray,
+                    radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS, box=None) -> np.ndarray:
+    """Fast guided filter (module docstring): coefficients from ``guide_low``/``prob_low``
+    (the model's resolution), cut to ``box`` ``(top, left, h, w)`` when given (the photo's
+    part of a letterboxed input), resized bilinearly to ``guide_high``'s size and applied
+    to ``guide_high`` (Eq. 8); clipped to [0, 1]."""
+    mean_a, mean_b = guided_coefficients(guide_low, prob_low, radius, eps)
+    if box is not None:
+        top, left, h, w = box
+        mean_a, mean_b = mean_a[top:top + h, left:left + w], mean_b[top:top + h, left:left + w]
+    H, W = guide_high.shape[:2]
+    mean_a = cv2.resize(mean_a, (W, H), interpolation=cv2.INTER_LINEAR)
+    mean_b = cv2.resize(mean_b, (W, H), interpolation=cv2.INTER_LINEAR)
+    return np.clip(mean_a * np.asarray(guide_high, np.float32) + mean_b, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@keras.saving.register_keras_serializable(package="sinet_tf")
+class GuidedFilter(keras.layers.Layer):
+    """Eq. 5-8 as a layer: ``GuidedFilter(r, eps)([image, prob])`` with ``image`` RGB pixels
+    in [0, 255] ``[B, H, W, 3]`` and ``prob`` ``[B, H, W, 1]``; returns the refined
+    probability, clipped to [0, 1]. Means are AVERAGE_POOL_2D (SAME padding: the window is
+    clipped to the image), the luma a fixed 1x1 convolution."""
+
+    def __init__(self, radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS, **kwargs):
+        super().__init__(**kwargs)
+        self.radius, self.eps = check_refine(radius, eps)
+        self._luma = np.array(LUMA, np.float32).reshape(1, 1, 3, 1) / 255.0
+
+    def _mean(self, x):
+        k = 2 * self.radius + 1
+        return keras.ops.average_pool(x, pool_size=(k, k), strides=(1, 1), padding="same")
+
+    def call(self, inputs):
+        image, prob = inputs
+        guide = keras.ops.conv(image, keras.ops.convert_to_tensor(self._luma), strides=1, padding="valid")
+        m_i, m_p = self._mean(guide), self._mean(prob)
+        var_i = self._mean(guide * guide) - m_i * m_i
+        cov_ip = self._mean(guide * prob) - m_i * m_p
+        a = cov_ip / (var_i + self.eps)
+        b = m_p - a * m_i
+        q = self._mean(a) * guide + self._mean(b)
+        return keras.ops.minimum(keras.ops.maximum(q, 0.0), 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[1]
+
+    def get_config(self):
+        return {**super().get_config(), "radius": self.radius, "eps": self.eps}
+
+
+def with_guided_refinement(model: keras.Model, radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> keras.Model:
+    """``model`` (its first input RGB pixels in [0, 255], its first output one
+    person-probability channel at the input's resolution: the ``mask`` head) with the
+    guided filter (Eq. 5-8, the input image as guide) on its output. Other inputs (a
+    previous matte) are kept."""
+    out = model.outputs[0]
+    image = model.inputs[0]
+    if int(out.shape[-1]) != 1:
+        raise ValueError(f"guided refinement needs a model returning one person-probability channel "
+                         f"(the 'mask' head), got {int(out.shape[-1])} channels")
+    if tuple(out.shape[1:3]) != tuple(image.shape[1:3]):
+        raise ValueError(f"guided refinement needs the probability at the input's resolution; the model returns "
+                         f"{tuple(out.shape[1:3])} for an input of {tuple(image.shape[1:3])}")
+    refined = GuidedFilter(radius, eps, name="guided_refine")([image, out])
+    return keras.Model(model.inputs, refined, name=model.name)
