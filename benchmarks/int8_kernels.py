@@ -127,7 +127,7 @@ def _convert(model, int8: bool, seed: int = 0):
 
 
 def main() -> int:
-    from sinet_tf.profile import time_models
+    from sinet_tf.bench.op_profile import time_models
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2")

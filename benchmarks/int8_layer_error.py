@@ -30,7 +30,6 @@ def layer_errors(model, data: bytes, images):
     outside the int8 tensor's range)]`` in graph order."""
     import keras
     import numpy as np
-
     from ai_edge_litert.interpreter import Interpreter
 
     from sinet_tf.compat import interpreter_ops
@@ -82,12 +81,13 @@ def layer_errors(model, data: bytes, images):
 
 
 def main() -> int:
-    from sinet_tf.export import _representative, calibration_images
+    from sinet_tf.export import calibration_images
+    from sinet_tf.export.exporter import representative_dataset
     from sinet_tf.export.heads import with_output_head
     from sinet_tf.export.quantize import convert
     from sinet_tf.export.rewrite import int8_friendly
     from sinet_tf.export.tflite import with_fixed_batch
-    from sinet_tf.inference import load_model
+    from sinet_tf.loading import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=sorted(WEIGHTS))
@@ -99,7 +99,7 @@ def main() -> int:
                              "probabilities")
     rewritten = int8_friendly(model) if args.prelu is None else int8_friendly(model, prelu_mode=args.prelu)
     images, _ = calibration_images(DATA, "train", (224, 224), args.calibration)
-    data = convert(rewritten, "int8", "float32", _representative(images))
+    data = convert(rewritten, "int8", "float32", representative_dataset(images))
     val, _ = calibration_images(DATA, "val", (224, 224), args.images, seed=1)
     for name, rel, steps, clipped in layer_errors(rewritten, data, val):
         print(f"{name:45s} rel {rel:8.4f}   {steps:6.2f} steps   clipped {clipped:.5f}")

@@ -42,8 +42,8 @@ def measure(name: str, threads: int, workdir: Path) -> dict:
     import sinet_tf
     from sinet_tf.bench import benchmark
     from sinet_tf.export import check_gpu_compatibility, convert_float32, export_tflite
-    from sinet_tf.io import write_atomic
-    from sinet_tf.profile import count_macs, count_params
+    from sinet_tf.files import write_atomic
+    from sinet_tf.model_cost import count_macs, count_params
 
     info = sinet_tf.get_model_info(name)
     keras.utils.set_random_seed(0)

@@ -1,5 +1,5 @@
 """Per-op latency profile of .tflite files under LiteRT (XNNPACK on, and the builtin kernels
-with XNNPACK off), from :func:`sinet_tf.profile.op_profile`: every op cut out into a model
+with XNNPACK off), from :func:`sinet_tf.bench.op_profile.op_profile`: every op cut out into a model
 of its own and timed warm (each sample the mean of 10 back-to-back invokes, rounds
 interleaved over all ops), next to the whole model's time in the same run.
 
@@ -39,7 +39,7 @@ def _names(data: bytes) -> list[str]:
 
 
 def main() -> int:
-    from sinet_tf.profile import op_profile, summarize_profile, time_models
+    from sinet_tf.bench.op_profile import op_profile, summarize_profile, time_models
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")

@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, help="frames per video (default 60; --quick 30)")
     parser.add_argument("--selfie", default=str(SELFIE), help="MediaPipe's selfie_segmentation.tflite")
     args = parser.parse_args(argv)
-    from sinet_tf.io import write_atomic
+    from sinet_tf.files import write_atomic
 
     selfie = Path(args.selfie)
     if not selfie.is_file():

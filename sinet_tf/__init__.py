@@ -1,20 +1,28 @@
-"""sinet-tf: mobile portrait segmentation with Keras 3 / TensorFlow, from architecture to phone."""
+"""sinet-tf: mobile portrait segmentation with Keras 3 / TensorFlow, from architecture to phone.
+
+``build_model``, ``list_models`` and the rest of the registry are imported on first use
+(the registry registers every architecture on its first lookup), so ``import sinet_tf`` alone, and with it the
+``sinet`` command's start-up, does not load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from sinet_tf.registry import (  # noqa: E402
-    UnknownModelError,
-    build_model,
-    get_model_info,
-    list_models,
-    register_model,
-)
-from sinet_tf import models  # noqa: E402,F401  (registers every architecture)
+_REGISTRY_NAMES = ("UnknownModelError", "build_model", "get_model_info", "list_models", "register_model")
 
-__all__ = [
-    "UnknownModelError",
-    "build_model",
-    "get_model_info",
-    "list_models",
-    "register_model",
-]
+__all__ = list(_REGISTRY_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _REGISTRY_NAMES:
+        value = getattr(importlib.import_module("sinet_tf.registry"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_REGISTRY_NAMES))

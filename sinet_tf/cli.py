@@ -24,7 +24,7 @@ def _console():
 
 def cmd_models(args):
     import sinet_tf
-    from sinet_tf.profile import count_macs, count_params
+    from sinet_tf.model_cost import count_macs, count_params
 
     rows = []
     names = args.names or sinet_tf.list_models()
@@ -53,8 +53,8 @@ def cmd_models(args):
 
 
 def cmd_import_weights(args):
-    from sinet_tf.io import save_keras_atomic
-    from sinet_tf.profile import count_params
+    from sinet_tf.files import save_keras_atomic
+    from sinet_tf.model_cost import count_params
     from sinet_tf.weights import import_official
 
     model = import_official(args.architecture, args.checkpoint)

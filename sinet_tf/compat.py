@@ -17,7 +17,8 @@ import logging
 from io import StringIO
 
 __all__ = ["StackChanged", "freeze_concrete_function", "converter_from_frozen_function", "calibrate_only",
-           "quantize_calibrated", "layer_input_producers", "optimizer_variable_key", "interpreter_ops"]
+           "quantize_calibrated", "layer_input_producers", "optimizer_variable_key", "interpreter_ops",
+           "xla_window_gather"]
 
 TESTED_WITH = "TensorFlow 2.21, Keras 3.15, ai-edge-litert 2.3"
 
@@ -39,7 +40,9 @@ def freeze_concrete_function(concrete):
     """The concrete function with its variables folded to constants
     (``tensorflow.python.framework.convert_to_constants.convert_variables_to_constants_v2``)."""
     with _private("tensorflow.python.framework.convert_to_constants.convert_variables_to_constants_v2"):
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
     return convert_variables_to_constants_v2(concrete)
 
 
@@ -118,3 +121,18 @@ def interpreter_ops(interpreter) -> list[dict]:
     delegation, a delegated partition is one ``DELEGATE`` node."""
     with _private("ai_edge_litert Interpreter._get_ops_details"):
         return interpreter._get_ops_details()
+
+
+def xla_window_gather(flat, starts, window: int):
+    """``flat[s : s + window]`` for every start index in ``starts`` (``[..., 1]``, int32) of a
+    1-D tensor, as one XLA Gather whose slice is the window (``tf2xla``'s ``xla.gather``
+    with ``GatherDimensionNumbers(offset_dims=[rank], start_index_map=[0])``). Out-of-range
+    starts are clamped, as XLA does. Result ``[..., window]``. ``tf.gather`` can only take
+    single elements, and ``window`` of them cost ``window`` gathers."""
+    with _private("tensorflow.compiler.tf2xla.python.xla.gather"):
+        from tensorflow.compiler.tf2xla.python import xla as tfxla
+
+        rank = len(starts.shape) - 1
+        dims = tfxla.xla_data_pb2.GatherDimensionNumbers(offset_dims=[rank], collapsed_slice_dims=[],
+                                                         start_index_map=[0], index_vector_dim=rank)
+        return tfxla.gather(flat, starts, dims, [window], True)

@@ -166,8 +166,8 @@ def _plot_examples(model_path: Path, data: str, count: int, path: Path) -> list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sinet_tf.data.sources import open_source
     from sinet_tf.inference import Segmenter
-    from sinet_tf.train import open_source
 
     segmenter = Segmenter(model_path)
     source = open_source(data, "val", seed=0)
@@ -205,7 +205,7 @@ def _fmt(x, digits=4):
 
 
 def _write_report(out: Path, m: dict, plots: dict) -> Path:
-    from sinet_tf.io import write_atomic
+    from sinet_tf.files import write_atomic
 
     t, ev, ex = m["training"], m["evaluation"], m["export"]
     lines = [
@@ -293,7 +293,7 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
 
     from rich.console import Console
 
-    from sinet_tf.io import write_atomic
+    from sinet_tf.files import write_atomic
 
     console = Console()
 

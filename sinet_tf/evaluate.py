@@ -1,4 +1,5 @@
-"""``sinet evaluate``: score a model on a dataset the way portrait papers do.
+"""Scoring a model on a dataset the way portrait papers do (what ``sinet evaluate``,
+``sinet bench --data`` and ``sinet demo`` report).
 
 Each photo is resized to the model's input, predicted, the person probability resized
 back to the photo, thresholded at 0.5 (argmax for two classes) and scored against the
@@ -12,6 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sinet_tf.data.sources import open_source
+from sinet_tf.files import write_png_atomic
+from sinet_tf.inference import Segmenter
+from sinet_tf.metrics import SegmentationMetrics
+
 __all__ = ["evaluate"]
 
 
@@ -21,10 +27,6 @@ def evaluate(model, data, split: str | None = "val", weights=None, boundary_widt
     """Metrics of ``model`` (``.keras``, ``.tflite``, registry name + ``weights``, or a
     :class:`~sinet_tf.inference.Segmenter`) on ``data`` (a dataset path or ``synthetic``);
     on its first ``num_images`` images when given."""
-    from sinet_tf.inference import Segmenter
-    from sinet_tf.metrics import SegmentationMetrics
-    from sinet_tf.train.trainer import open_source
-
     segmenter = model if isinstance(model, Segmenter) else Segmenter(model, weights=weights)
     source = open_source(data, split, seed=0)
     if len(source) == 0:
@@ -50,8 +52,6 @@ def evaluate(model, data, split: str | None = "val", weights=None, boundary_widt
 
 
 def _write_gallery(folder: Path, source, segmenter, ious, worst: int) -> list[str]:
-    from sinet_tf.io import write_png_atomic
-
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for rank, i in enumerate(np.argsort(ious)[:worst]):

@@ -8,31 +8,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["LETTERBOX_FILL", "Segmenter", "letterbox", "load_keras_model", "load_model", "resize_to_input"]
+from sinet_tf.loading import load_model
+from sinet_tf.runtime.heads import person_probability_from_output
+from sinet_tf.runtime.interpreter import TFLiteRunner
+
+__all__ = ["LETTERBOX_FILL", "Segmenter", "letterbox", "resize_to_input"]
 
 # Letterbox padding: mid-grey, the value PortraitNet's augmentation pads photos with in training
 # (sinet_tf/data/augment.py, labelled background there), so the bands look like something the
 # model has learned to call background; 0 (black) would be a hard edge a dark-haired person
 # could merge into, and the photo's mean would change from photo to photo.
 LETTERBOX_FILL = 128.0
-
-
-def load_keras_model(path: str | os.PathLike):
-    """Load a ``.keras`` file (custom layers are registered, so ``safe_mode`` stays on)."""
-    import keras
-
-    import sinet_tf  # noqa: F401  (registers the custom layers)
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as e:
-        raise ValueError(f"{path}: not a loadable Keras model ({type(e).__name__}: {e})") from e
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"{path}: holds a {type(model).__name__}, not a Keras model")
-    return model
 
 
 def resize_to_input(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -58,56 +44,6 @@ def letterbox(image: np.ndarray, size: tuple[int, int], fill: float = LETTERBOX_
     return out, (top, left, nh, nw)
 
 
-def _with_input_size(model, source, input_size):
-    """A ``.keras`` model rebuilt at another input size (same weights), or a clear error."""
-    import keras
-
-    current = tuple(int(d) for d in model.inputs[0].shape[1:3])
-    if tuple(input_size) == current:
-        return model
-    config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] == "InputLayer":
-            layer["config"]["batch_shape"] = [layer["config"]["batch_shape"][0], *input_size, 3]
-    try:
-        resized = keras.Model.from_config(config)
-        resized.set_weights(model.get_weights())
-    except Exception as e:
-        raise ValueError(f"{source}: cannot run at input size {input_size[0]}x{input_size[1]} (it was saved at "
-                         f"{current[0]}x{current[1]}): {type(e).__name__}: {e}") from e
-    return resized
-
-
-def load_model(source: str | os.PathLike, weights: str | os.PathLike | None = None, input_size=None):
-    """A Keras model from a ``.keras`` file or a registry name, with an optional checkpoint
-    (an official ``.npz``/``.pth``, or a ``.weights.h5`` file), at ``input_size``
-    ``(height, width)`` when given (registry names check it against the architecture)."""
-    suffix = Path(str(source)).suffix.lower()
-    if suffix == ".tflite":
-        raise ValueError(f"{source}: a .tflite file is not a Keras model; give a .keras file or a registry name")
-    if input_size is not None:
-        input_size = (int(input_size[0]), int(input_size[1]))
-    if suffix == ".keras":
-        model = load_keras_model(source)
-        if input_size is not None:
-            model = _with_input_size(model, source, input_size)
-    else:
-        from sinet_tf.registry import build_model
-
-        model = build_model(str(source), input_shape=None if input_size is None else (*input_size, 3))
-    if weights is not None:
-        w = Path(weights)
-        if w.name.endswith(".weights.h5"):
-            if not w.is_file():
-                raise FileNotFoundError(f"weights file not found: {w}")
-            model.load_weights(w)
-        else:
-            from sinet_tf.weights import load_weights
-
-            load_weights(model, w)
-    return model
-
-
 class Segmenter:
     """A model ready to segment RGB photos.
 
@@ -131,8 +67,6 @@ class Segmenter:
         self.output_kind = "logits"
         suffix = Path(self.source).suffix.lower()
         if suffix == ".tflite":
-            from sinet_tf.export.tflite import TFLiteRunner
-
             if weights is not None:
                 raise ValueError(f"--weights applies to Keras models, not to {self.source}")
             self._tflite = TFLiteRunner(self.source)
@@ -158,8 +92,6 @@ class Segmenter:
 
     def person_probability(self, image_rgb: np.ndarray) -> np.ndarray:
         """Person probability ``float32 [H, W]`` at the photo's own size."""
-        from sinet_tf.export.heads import person_probability_from_output
-
         h, w = image_rgb.shape[:2]
         if self.keep_aspect:
             batch, (top, left, bh, bw) = letterbox(image_rgb, self.input_size)

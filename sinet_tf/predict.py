@@ -3,7 +3,7 @@
 Inputs (:func:`expand_inputs`): image files, folders (their top-level images and videos,
 not sub-folders), video files (``.mp4 .avi .mov .mkv .webm``, read with
 ``cv2.VideoCapture``) and a webcam index (``"0"``). Photos are read upright
-(:func:`sinet_tf.io.read_rgb` applies the EXIF orientation).
+(:func:`sinet_tf.files.read_rgb` applies the EXIF orientation).
 
 Outputs in the output folder, each written to a temporary file and renamed:
 
@@ -36,7 +36,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from sinet_tf.io import IMAGE_SUFFIXES, atomic_path, read_rgb, write_image_atomic
+from sinet_tf.files import IMAGE_SUFFIXES, atomic_path, read_rgb, write_image_atomic
 from sinet_tf.postprocess import (DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_STRENGTH, DEFAULT_TEMPORAL, REFINE_MODES,
                                   TEMPORAL_MODES, MattePipeline, MattePostprocessor)
 

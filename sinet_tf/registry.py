@@ -2,12 +2,13 @@
 
 Builders are plain functions decorated with :func:`register_model`; each returns a
 Keras functional model that takes RGB pixels in [0, 255] and starts with its own
-input normalization (see :mod:`sinet_tf.data.normalization`).
+input normalization (see :mod:`sinet_tf.layers.normalization_presets`).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
@@ -35,6 +36,14 @@ class UnknownModelError(KeyError):
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+ARCHITECTURES_PACKAGE = "sinet_tf.models"
+
+
+def _discover() -> None:
+    """Import the architectures package once, which registers every model in it (the one
+    import from this floor up: a plugin lookup by name, so that a builder is found however
+    the registry was reached)."""
+    importlib.import_module(ARCHITECTURES_PACKAGE)
 
 
 def register_model(fn: Callable | None = None, *, name: str | None = None,
@@ -64,10 +73,12 @@ def register_model(fn: Callable | None = None, *, name: str | None = None,
 
 def list_models(tag: str | None = None) -> list[str]:
     """Names of every registered model (optionally only those carrying ``tag``), sorted."""
+    _discover()
     return sorted(k for k, v in _REGISTRY.items() if tag is None or tag in v.tags)
 
 
 def get_model_info(name: str) -> ModelInfo:
+    _discover()
     try:
         return _REGISTRY[name]
     except KeyError:

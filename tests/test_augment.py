@@ -1,5 +1,8 @@
 """PortraitNet augmentation (tf backend) and the tf.data pipeline."""
 
+import contextlib
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -7,8 +10,9 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance
 
 from sinet_tf.data.augment import (
-    MARGIN, RING, TEXTURE_OPS, PortraitNetAugmentation, augment_batch, augment_example, canvas_size,
-    geometric_transform, make_canvas, sample_params, texture_transform)
+    MARGIN, RING, TEXTURE_OPS, Draw, PortraitNetAugmentation, TextureOp, augment_batch, augment_example,
+    canvas_size, draw_streams, geometric_transform, make_canvas, register_texture_op, sample_params,
+    texture_ops, texture_transform, unregister_texture_op)
 from sinet_tf.data.base import ArraySource
 from sinet_tf.data.pipeline import make_pipeline
 from conftest import assert_label_matches_photo, make_blob_source as _blob_source
@@ -338,3 +342,195 @@ def test_two_views_plain_is_the_untextured_augmentation():
     # same seeds, same geometry: texture_prob only decides the texture coins
     np.testing.assert_allclose(views["plain"].numpy(), x0.numpy(), atol=1e-3)
     np.testing.assert_array_equal(y.numpy(), y0.numpy())
+
+
+# ---- random draws by name, and texture ops as registry entries ----
+
+# the stream numbers PortraitNet's draws have always had (they decide what a seed gives)
+LEGACY_STREAMS = {"flip": (0,), "angle_deg": (1,), "scale": (2,), "tx": (3,), "ty": (4,), "blur_kernel": (5,),
+                  "color": (6,), "brightness": (7,), "contrast": (8,), "sharpness": (9,), "apply_noise": (11,),
+                  "apply_blur": (12,), "apply_color": (13,), "apply_brightness": (14,), "apply_contrast": (15,),
+                  "apply_sharpness": (16,), "noise_keys": (1000, 1001)}
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _np_fmix(h):
+    """murmur3's 32-bit finaliser on uint64 arrays holding uint32 values."""
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(0x85EBCA6B)) & _M32
+    h = h ^ (h >> np.uint64(13))
+    h = (h * np.uint64(0xC2B2AE35)) & _M32
+    return h ^ (h >> np.uint64(16))
+
+
+def _np_unit(seeds, stream):
+    """NumPy re-derivation of a draw's u in [0, 1) (float32) for int64 seeds [N, 2]: the
+    seed's four 32-bit words hashed into two keys, then murmur3 of (key 1 + stream times
+    the golden-ratio constant) xor key 2, top 24 bits."""
+    s = np.asarray(seeds, np.int64).view(np.uint64)
+    w0, w1, w2, w3 = s[:, 0] & _M32, s[:, 0] >> np.uint64(32), s[:, 1] & _M32, s[:, 1] >> np.uint64(32)
+
+    def add(a, b):
+        return (a + np.uint64(b)) & _M32
+
+    k1 = _np_fmix(add(_np_fmix(_np_fmix(add(_np_fmix(w0 ^ np.uint64(0x243F6A88)), w1)) ^ w2), w3))
+    k2 = _np_fmix(_np_fmix(add(_np_fmix(_np_fmix(add(w0, 0x13198A2E)) ^ w1), w2)) ^ w3)
+    bits = _np_fmix(_np_fmix(add(k1, (stream * 0x9E3779B9) & 0xFFFFFFFF)) ^ k2)
+    return (bits >> np.uint64(8)).astype(np.float32) * np.float32(2.0 ** -24)
+
+
+def test_draws_keep_their_stream_numbers_and_no_two_share_one():
+    streams = draw_streams()
+    assert streams == LEGACY_STREAMS  # geometry + the six texture ops (coins, parameters, noise keys)
+    numbers = [s for ss in streams.values() for s in ss]
+    assert len(numbers) == len(set(numbers))  # disjoint, the noise streams included
+
+
+def test_sample_params_are_the_numpy_hash_of_each_draws_stream():
+    """Every parameter, recomputed in NumPy from its legacy stream number: the names are
+    bound to the numbers that define what a seed gives (float32 arithmetic as in TF)."""
+    seeds = np.array([[3, i] for i in range(6)] + [[-7, 2 ** 40], [2 ** 62, -5]], np.int64)
+    spec = PortraitNetAugmentation(texture_prob=0.7, flip_prob=0.3, blur_kernels=(5, 3, 3))
+    got = {k: v.numpy() for k, v in sample_params(spec, tf.constant(seeds)).items()}
+    u = {k: _np_unit(seeds, v[0]) for k, v in LEGACY_STREAMS.items() if k != "noise_keys"}
+    f32 = np.float32
+    ranges = {"angle_deg": spec.rotation_deg, "scale": spec.scale, "tx": spec.translate, "ty": spec.translate,
+              "color": spec.color, "brightness": spec.brightness, "contrast": spec.contrast,
+              "sharpness": spec.sharpness}
+    for k, (lo, hi) in ranges.items():
+        np.testing.assert_array_equal(got[k], f32(lo) + f32(hi - lo) * u[k], err_msg=k)
+    np.testing.assert_array_equal(got["flip"], u["flip"] < f32(0.3))
+    for op in TEXTURE_OPS:
+        np.testing.assert_array_equal(got[f"apply_{op}"], u[f"apply_{op}"] < f32(0.7), err_msg=op)
+    index = np.minimum((u["blur_kernel"] * f32(3)).astype(np.int32), 2)
+    np.testing.assert_array_equal(got["blur_kernel"], np.array([5, 3, 3])[index])
+    np.testing.assert_array_equal(got["noise_seed"], seeds)
+
+
+def _fingerprint(images):
+    """Per image: the three channel means and two fixed random projections (float64)."""
+    w = np.random.default_rng(0).standard_normal((2, images[0].size))
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    return np.concatenate([images.astype(np.float64).mean(axis=(1, 2)), flat @ w.T], axis=1)
+
+
+def test_augmentation_is_unchanged_by_the_op_registry():
+    """Pins augment_batch / augment_example for four seeds against numbers stored from the
+    code before the texture ops became registry entries (commit 3765eea), at 12x16 on tiny
+    blob photos; seeds chosen so that every texture op is on for some and off for others.
+
+    Labels are compared exactly. Images by fingerprints (channel means and two random
+    projections, :func:`_fingerprint`) to 1e-3 and 1e-2: XLA may round the last bits
+    differently on another CPU (contraction into fused multiply-adds), while a draw taken
+    from another stream moves them by whole units or more."""
+    seeds = tf.constant([[1, i] for i in range(4)], tf.int64)
+    params = sample_params(SPEC, seeds)
+    for op in TEXTURE_OPS:
+        assert 0 < int(tf.reduce_sum(tf.cast(params[f"apply_{op}"], tf.int32))) < 4, op
+    src = _blob_source(4, seed=1, size_range=(20, 40))
+    images, plain, labels = (t.numpy() for t in augment_batch(_canvases(src, SPEC, (12, 16)), seeds, (12, 16), SPEC,
+                                                             two_views=True))
+    textured_ref = np.array([
+        [105.0330102046, 104.4427588185, 105.6499246955, -1712.9883014021, -2310.6324472976],
+        [85.4063463137, 86.8933381094, 85.5331866924, -658.5639304262, -1082.2359139434],
+        [106.9974303742, 105.6393660208, 105.9646597306, -75.2024041453, -2458.9839607929],
+        [104.1790442467, 104.1790442467, 104.1790442467, -29.469769025, -6634.9211223023]])
+    plain_ref = np.array([
+        [105.9791132112, 105.9791132112, 105.9791132112, -1810.2343051262, -1418.6590063657],
+        [100.3123939931, 100.3123939931, 100.3123939931, -736.7888497148, -1451.5789678628],
+        [107.5748967926, 107.5748967926, 107.5748967926, 296.6301083146, -1681.3021226068],
+        [103.8734618823, 103.8734618823, 103.8734618823, -55.9821113249, -6797.1762231359]])
+    label_ref = ("000000000000007000fc01fc01fe03fe03fe03fe03fc01f80000004001f001f801f801f001f000400000000000000000"
+                 "00000000000000000000016003f007fc03fe01fe00fe007c00000000000000000e801f803fc03fe03fe01fe01fe01fe0")
+    for got, ref in ((images, textured_ref), (plain, plain_ref)):
+        np.testing.assert_allclose(_fingerprint(got)[:, :3], ref[:, :3], atol=1e-3)
+        np.testing.assert_allclose(_fingerprint(got)[:, 3:], ref[:, 3:], atol=1e-2)
+    assert np.packbits(labels).tobytes().hex() == label_ref
+    one = augment_example(*src.read(1), seeds[1], (12, 16), SPEC)
+    np.testing.assert_allclose(_fingerprint(one[0].numpy()[None])[0], textured_ref[1], atol=1e-2)
+    np.testing.assert_array_equal(one[1].numpy(), labels[1])
+
+
+def _invert(x, f, keys):
+    """The toy op: blend towards the negative by a ~ U(0.5, 1) (``a = 0`` when not applied)."""
+    return f["invert"] * 255.0 + (1.0 - 2.0 * f["invert"]) * x
+
+
+INVERT = TextureOp("invert", "pixel", _invert, draws=(Draw("invert", "uniform", (0.5, 1.0), neutral=0.0),))
+
+
+@contextlib.contextmanager
+def _registered(op):
+    register_texture_op(op)
+    try:
+        yield op
+    finally:
+        unregister_texture_op(op.name)
+
+
+def test_a_new_texture_op_is_one_definition_and_one_registration():
+    """A toy op (one TextureOp, one registration) is drawn by sample_params from streams of
+    its own, runs in augment_batch and texture_transform, is a pure function of the seed,
+    and leaves every other draw and pixel as it was; unregistered, it is gone."""
+    seeds = tf.constant([[5, i] for i in range(6)], tf.int64)
+    canvas = _canvases(_blob_source(6, seed=2, size_range=(20, 40)), SPEC, (12, 16))
+    streams, params = draw_streams(), {k: v.numpy() for k, v in sample_params(SPEC, seeds).items()}
+    images, labels = (t.numpy() for t in augment_batch(canvas, seeds, (12, 16), SPEC))
+    with _registered(INVERT):
+        new_streams = draw_streams()
+        new_params = {k: v.numpy() for k, v in sample_params(SPEC, seeds).items()}
+        inverted, new_labels = (t.numpy() for t in augment_batch(canvas, seeds, (12, 16), SPEC))
+        again = augment_batch(canvas, seeds, (12, 16), SPEC)[0].numpy()
+        flat = np.full((8, 8, 3), 40.0, np.float32)
+        negative = texture_transform(flat, {"apply_invert": True, "invert": 1.0}, SPEC).numpy()
+    # streams: two new draws, numbered by a hash of their names, apart from all others
+    assert set(new_streams) - set(streams) == {"invert", "apply_invert"}
+    assert all(new_streams[k] == v for k, v in streams.items())
+    for name in ("invert", "apply_invert"):
+        assert new_streams[name] == (2 ** 16 + zlib.crc32(f"{name}/0".encode()) % (2 ** 32 - 2 ** 16),)
+    numbers = [s for ss in new_streams.values() for s in ss]
+    assert len(numbers) == len(set(numbers))
+    # draws: the old ones bit-identical, the new ones NumPy's hash of their streams
+    for k, v in params.items():
+        np.testing.assert_array_equal(new_params[k], v, err_msg=k)
+    on = _np_unit(seeds.numpy(), new_streams["apply_invert"][0]) < np.float32(SPEC.texture_prob)
+    a = np.float32(0.5) + np.float32(0.5) * _np_unit(seeds.numpy(), new_streams["invert"][0])
+    np.testing.assert_array_equal(new_params["apply_invert"], on)
+    np.testing.assert_array_equal(new_params["invert"], a)
+    assert 0 < on.sum() < len(on)
+    # pixels: the blend where the coin says yes, the image as before where it says no
+    a = np.where(on, a, 0.0)[:, None, None, None]
+    np.testing.assert_allclose(inverted, a * 255.0 + (1.0 - 2.0 * a) * images, atol=2e-3)
+    np.testing.assert_array_equal(new_labels, labels)
+    np.testing.assert_array_equal(again, inverted)
+    np.testing.assert_allclose(negative, 255.0 - flat, atol=1e-4)
+    assert [op.name for op in texture_ops()] == list(TEXTURE_OPS)
+    assert draw_streams() == streams and "apply_invert" not in sample_params(SPEC, seeds)
+
+
+def test_texture_op_registration_refuses_conflicts():
+    def keep(x, f, keys):
+        return x
+
+    def uniform(name):
+        return (Draw(name, "uniform", (0.0, 1.0)),)
+
+    refused = [
+        (TextureOp("blur", "pixel", keep, draws=uniform("b2")), "registered already"),
+        (TextureOp("toy", "pixel", keep, draws=uniform("tx")), "draw name 'tx' is in use"),
+        (TextureOp("toy", "warp", keep, draws=uniform("t")), "stage 'warp'"),
+        (TextureOp("toy", "filter", keep, draws=uniform("t"), radius=1), "MARGIN=3"),
+        (TextureOp("toy", "pixel", keep, draws=uniform("t"), radius=1), "only filter and enhance"),
+        (TextureOp("toy", "pixel", keep, factors=lambda p, spec: {"a": 1.0}), "go together"),
+        (TextureOp("toy", "pixel", keep), "no factor"),
+        (TextureOp("toy", "pixel", keep, draws=(Draw("t", "uniform", (2.0, 1.0)),)), "low > high"),
+    ]
+    for op, message in refused:
+        with pytest.raises(ValueError, match=message):
+            register_texture_op(op)
+    with pytest.raises(ValueError, match="kind 'gauss'"):
+        Draw("t", "gauss", 1.0)
+    assert [op.name for op in texture_ops()] == list(TEXTURE_OPS)
+    with _registered(TextureOp("toy", "pixel", keep, prob="toy_prob", draws=uniform("t"))):
+        with pytest.raises(ValueError, match="reads augmentation field 'toy_prob'"):
+            sample_params(SPEC, tf.constant([1, 2], tf.int64))

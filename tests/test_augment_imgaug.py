@@ -8,7 +8,8 @@ is checked.
 import numpy as np
 import pytest
 
-from sinet_tf.data.augment import PortraitNetAugmentation
+from sinet_tf.data.augment import (
+    TEXTURE_OPS, Draw, PortraitNetAugmentation, TextureOp, register_texture_op, texture_ops, unregister_texture_op)
 from sinet_tf.data.pipeline import make_pipeline
 from conftest import assert_label_matches_photo, make_blob_source as _blobs
 
@@ -26,6 +27,40 @@ needs_imgaug = pytest.mark.skipif(not HAVE_IMGAUG, reason="imgaug needs numpy<2:
 def test_missing_imgaug_gives_an_install_hint():
     with pytest.raises(ImportError, match=r"numpy<2.*\.\[imgaug\]"):
         make_pipeline(_blobs(2), (64, 64), 2, backend="imgaug")
+
+
+def test_imgaug_backend_refuses_a_texture_op_without_an_imgaug_form():
+    """(Checked before imgaug is imported: runs in both environments.)"""
+    def brighter(x, f, keys):
+        return x + f["brighter"]
+
+    register_texture_op(TextureOp("brighter", "pixel", brighter, draws=(Draw("brighter", "uniform", (5.0, 10.0)),)))
+    try:
+        with pytest.raises(ValueError, match=r"texture op 'brighter' has no imgaug implementation.*texture_prob=0.5"):
+            make_pipeline(_blobs(2), (64, 64), 2, backend="imgaug")
+        if HAVE_IMGAUG:  # an op that cannot apply is left out
+            from sinet_tf.data.augment_imgaug import build_augmenters
+
+            assert len(build_augmenters(PortraitNetAugmentation(texture_prob=0.0))[1]) == len(TEXTURE_OPS)
+    finally:
+        unregister_texture_op("brighter")
+    assert [op.name for op in texture_ops()] == list(TEXTURE_OPS)
+
+
+@needs_imgaug
+def test_imgaug_texture_augmenters_are_portraitnets_in_order():
+    from sinet_tf.data.augment_imgaug import build_augmenters
+
+    spec = PortraitNetAugmentation(texture_prob=0.3, noise_sigma=7.0, blur_kernels=(5,), color=(0.5, 1.5))
+    texture = build_augmenters(spec)[1]
+    names = [type(s.then_list[0]).__name__ for s in texture]
+    assert names == ["AdditiveGaussianNoise", "GaussianBlur", "EnhanceColor", "EnhanceBrightness",
+                     "EnhanceContrast", "EnhanceSharpness"]
+    assert all(abs(s.p.p.value - 0.3) < 1e-12 for s in texture)  # Sometimes(texture_prob)
+    noise, blur, color = (s.then_list[0] for s in list(texture)[:3])
+    assert float(noise.value.scale.value) == 7.0
+    assert [float(v) for v in blur.sigma.a] == [1.0]  # kernel 5: the binomial's variance, (5 - 1) / 4
+    assert (float(color.factor.a.value), float(color.factor.b.value)) == (0.5, 1.5)
 
 
 @needs_imgaug

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import sinet_tf
-from sinet_tf.export import TFLiteRunner, check_gpu_compatibility, convert_float32
+from sinet_tf.export import check_gpu_compatibility, convert_float32
+from sinet_tf.model_cost import count_macs, count_params
 from sinet_tf.models.bisenetv2 import ExpandingDepthwiseConv2D, context_embedding
-from sinet_tf.profile import count_macs, count_params
+from sinet_tf.runtime import TFLiteRunner
 
 # "3.4 M" is the count comparison tables quote for BiSeNetV2 (19 Cityscapes classes, no
 # booster heads); CoinCheung/BiSeNet's lib/models/bisenetv2.py (C_t = 1024, eval mode) has

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sinet_tf.cli import main
-from sinet_tf.export import TFLiteRunner
+from sinet_tf.runtime import TFLiteRunner
 
 
 def _run(capsys, *argv):
@@ -136,7 +136,7 @@ def test_failed_write_keeps_the_existing_output(capsys, tmp_path, extremec3_chec
 def test_outputs_get_the_usual_file_mode(tmp_path):
     import os
 
-    from sinet_tf.export import write_atomic
+    from sinet_tf.files import write_atomic
 
     umask = os.umask(0o022)
     try:

@@ -126,3 +126,14 @@ def test_interpreter_ops_lists_nodes_and_the_xnnpack_partition():
     delegated = Interpreter(model_content=data)
     delegated.allocate_tensors()
     assert [o["op_name"] for o in compat.interpreter_ops(delegated)].count("DELEGATE") == 1
+
+
+def test_xla_window_gather_takes_windows_and_clamps():
+    import tensorflow as tf
+
+    flat = tf.range(10, dtype=tf.int32)
+    starts = tf.constant([[[0], [3]], [[8], [9]]], tf.int32)  # [2, 2, 1]
+    f = tf.function(lambda a, b: compat.xla_window_gather(a, b, window=2), jit_compile=True)
+    got = f(flat, starts).numpy()
+    # XLA clamps a start so that the whole window stays inside: 9 -> 8
+    np.testing.assert_array_equal(got, [[[0, 1], [3, 4]], [[8, 9], [8, 9]]])

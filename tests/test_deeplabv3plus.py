@@ -7,8 +7,9 @@ import pytest
 
 import sinet_tf
 from sinet_tf.backbones.xception import XCEPTION_PREFIXES, xception_model
-from sinet_tf.export import TFLiteRunner, check_gpu_compatibility, convert_float32
-from sinet_tf.profile import count_params
+from sinet_tf.export import check_gpu_compatibility, convert_float32
+from sinet_tf.model_cost import count_params
+from sinet_tf.runtime import TFLiteRunner
 
 SMALL = (32, 32, 3)
 

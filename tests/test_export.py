@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from sinet_tf.cli import main
-from sinet_tf.export import ExportError, TFLiteRunner, export_tflite
+from sinet_tf.export import ExportError, export_tflite
 from sinet_tf.export.heads import person_probability_from_output, with_output_head
 from sinet_tf.export.quantize import inspect_tflite
+from sinet_tf.runtime import TFLiteRunner
 
 SIZE = "96x96"  # the official SINet at a smaller input: same graph, faster calibration
 
@@ -89,7 +90,7 @@ def test_int8_uint8_io_takes_camera_bytes_and_has_no_float_inside(exports):
 
 def test_evaluate_reads_tflite_files_with_any_head(exports, sinet_checkpoint, humanseg, capsys):
     """One command scores Keras and every exported file with the same reader and metrics."""
-    from sinet_tf.inference import load_model
+    from sinet_tf.loading import load_model
 
     keras_file = exports["fp16"].parent / "sinet96.keras"
     load_model("sinet", sinet_checkpoint, input_size=(96, 96)).save(keras_file)
@@ -111,8 +112,8 @@ def test_mediapipe_image_segmenter_loads_the_file_and_agrees_with_litert(mediapi
     from mediapipe.tasks.python import vision
     from mediapipe.tasks.python.core.base_options import BaseOptions
 
+    from sinet_tf.files import read_rgb
     from sinet_tf.inference import Segmenter
-    from sinet_tf.io import read_rgb
 
     r = _report(mediapipe_export)
     input_md = r["metadata"]["subgraph_metadata"][0]["input_tensor_metadata"][0]

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 import sinet_tf
-from sinet_tf.export import TFLiteRunner
 from sinet_tf.export.quantize import convert, inspect_tflite
+from sinet_tf.runtime import TFLiteRunner
 
 
 def test_frozen_graph_conversion_equals_the_keras_route():

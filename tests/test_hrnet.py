@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 import sinet_tf
-from sinet_tf.export import TFLiteRunner, check_gpu_compatibility, convert_float32
+from sinet_tf.export import check_gpu_compatibility, convert_float32
 from sinet_tf.layers.resize import BilinearResize
+from sinet_tf.model_cost import count_params
 from sinet_tf.models.hrnet import HRNET_SPECS, hrnetv2_backbone
-from sinet_tf.profile import count_params
+from sinet_tf.runtime import TFLiteRunner
 from sinet_tf.train import load_recipe
 from sinet_tf.train.config import RECIPE_DIR
 

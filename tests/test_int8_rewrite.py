@@ -171,7 +171,7 @@ def test_equalization_keeps_the_function_and_fills_small_channels():
 def official_sinet_64(sinet_checkpoint):
     from sinet_tf.export.heads import with_output_head
     from sinet_tf.export.tflite import with_fixed_batch
-    from sinet_tf.inference import load_model
+    from sinet_tf.loading import load_model
 
     model = with_output_head(with_fixed_batch(load_model("sinet", sinet_checkpoint, input_size=(64, 64)), 1),
                              "probabilities")
@@ -201,12 +201,13 @@ def test_official_sinet_int8_is_one_xnnpack_partition_and_gpu_compatible(officia
     from ai_edge_litert.interpreter import Interpreter
 
     from sinet_tf.compat import interpreter_ops
-    from sinet_tf.export import _representative, check_gpu_compatibility
+    from sinet_tf.export import check_gpu_compatibility
+    from sinet_tf.export.exporter import representative_dataset
     from sinet_tf.export.quantize import convert, inspect_tflite
 
     _, rewritten = official_sinet_64
     images = np.random.default_rng(2).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
-    data = convert(rewritten, "int8", "float32", _representative(images))
+    data = convert(rewritten, "int8", "float32", representative_dataset(images))
     contents = inspect_tflite(data, "int8")
     assert contents.problems == []  # no float islands, no Flex/custom ops
     ops = contents.op_counts()
@@ -238,16 +239,16 @@ def test_calibrate_then_quantize_matches_the_converter():
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    from sinet_tf.export import _representative
+    from sinet_tf.export.exporter import representative_dataset
     from sinet_tf.export.frozen import frozen_graph_converter
     from sinet_tf.export.quantize import convert, inspect_tflite
 
     model = int8_friendly(_tiny_int8_model())
     images = np.random.default_rng(3).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
-    ours = convert(model, "int8", "float32", _representative(images), ranges="minmax")
+    ours = convert(model, "int8", "float32", representative_dataset(images), ranges="minmax")
     converter = frozen_graph_converter(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative(images)
+    converter.representative_dataset = representative_dataset(images)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     with contextlib.redirect_stdout(io.StringIO()):
         reference = converter.convert()
@@ -263,7 +264,7 @@ def test_calibrate_then_quantize_matches_the_converter():
 
 
 def test_averaged_ranges_are_inside_the_min_max_ranges():
-    from sinet_tf.export import _representative
+    from sinet_tf.export.exporter import representative_dataset
     from sinet_tf.export.quantize import convert
 
     model = int8_friendly(_tiny_int8_model())
@@ -272,7 +273,7 @@ def test_averaged_ranges_are_inside_the_min_max_ranges():
     for ranges in ("minmax", "average"):
         from ai_edge_litert import schema_py_generated as schema
 
-        sub = schema.ModelT.InitFromPackedBuf(convert(model, "int8", "float32", _representative(images),
+        sub = schema.ModelT.InitFromPackedBuf(convert(model, "int8", "float32", representative_dataset(images),
                                                       ranges=ranges), 0).subgraphs[0]
         scales[ranges] = {t.name: float(t.quantization.scale[0]) for t in sub.tensors
                           if t.type == schema.TensorType.INT8 and t.quantization is not None

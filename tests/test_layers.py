@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 
-from sinet_tf.data.normalization import PRESETS
-from sinet_tf.layers import BilinearResize, GroupedPointwiseConv, InformationBlockingGate, InputNormalization
+from sinet_tf.layers import (
+    BilinearResize,
+    GroupedPointwiseConv,
+    InformationBlockingGate,
+    InputNormalization,
+)
+from sinet_tf.layers.normalization_presets import PRESETS
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

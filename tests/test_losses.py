@@ -1,11 +1,10 @@
 """Losses vs. independent NumPy/SciPy computations on small hand-made label maps."""
 
+import keras
 import numpy as np
 import pytest
-from scipy import ndimage
-
-import keras
 import tensorflow as tf
+from scipy import ndimage
 
 from sinet_tf import losses as L
 

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sinet_tf.metrics import PersonIoU, SegmentationMetrics, boundary_f_score, mask_boundary
+from sinet_tf.metrics import (
+    PersonIoU,
+    SegmentationMetrics,
+    boundary_f_score,
+    mask_boundary,
+)
 
 IGN = 255
 REPO = Path(__file__).resolve().parents[1]

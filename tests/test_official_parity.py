@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 
 import sinet_tf
-from sinet_tf.profile import count_params
-from sinet_tf.weights import WeightImportError, import_official, load_weights, read_state_dict
+from sinet_tf.model_cost import count_params
+from sinet_tf.weights import (
+    WeightImportError,
+    import_official,
+    load_weights,
+    read_state_dict,
+)
 
 TOL = 1e-4
 
@@ -129,7 +134,8 @@ def test_pth_checkpoint_matches_npz(sinet_checkpoint):
 
 
 def test_official_extremec3net_tflite_matches_and_is_gpu_compatible(extremec3_official, official_outputs, tmp_path):
-    from sinet_tf.export import TFLiteRunner, export_tflite
+    from sinet_tf.export import export_tflite
+    from sinet_tf.runtime import TFLiteRunner
 
     report = export_tflite(extremec3_official, tmp_path / "extremec3net.tflite")
     assert report.gpu.compatible, report.gpu.summary()

@@ -1,4 +1,4 @@
-"""Per-op profiling (sinet_tf.profile.subgraph_model / op_profile) and the averaged int8
+"""Per-op profiling (sinet_tf.bench.op_profile.subgraph_model / op_profile) and the averaged int8
 calibration ranges (sinet_tf.export.quantize.average_ranges), checked against the
 interpreter's own intermediate tensors and NumPy statistics."""
 
@@ -8,8 +8,9 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from sinet_tf.export.quantize import _builtin_name, convert
-from sinet_tf.profile import op_profile, subgraph_model, summarize_profile
+from sinet_tf.bench.op_profile import op_profile, subgraph_model, summarize_profile
+from sinet_tf.export.quantize import convert
+from sinet_tf.runtime.model_file import op_name, pack_model, parse_model
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,8 @@ def float_file():
 
 
 def _ops(data):
-    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
-    return [_builtin_name(model, op.opcodeIndex) for op in model.subgraphs[0].operators]
+    model = parse_model(data)
+    return [op_name(model, op.opcodeIndex) for op in model.subgraphs[0].operators]
 
 
 def _all_tensors(data, x):
@@ -85,9 +86,7 @@ def test_average_ranges_are_the_mean_of_per_image_extremes(float_file):
 def _with_ranges(data):
     """``data`` with placeholder calibration statistics on every tensor (what the
     calibrate-only converter writes), the input's set to [-1, 1]."""
-    from sinet_tf.export.frozen import pack_model
-
-    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
+    model = parse_model(data)
     for t in model.subgraphs[0].tensors:
         q = t.quantization or schema.QuantizationParametersT()
         q.min, q.max = np.array([-1.0], np.float32), np.array([1.0], np.float32)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import sinet_tf
-from sinet_tf.export import TFLiteRunner, check_gpu_compatibility, convert_float32
-from sinet_tf.profile import count_params
+from sinet_tf.export import check_gpu_compatibility, convert_float32
+from sinet_tf.model_cost import count_params
+from sinet_tf.runtime import TFLiteRunner
 
 PAPER_PARAMS = 2.08e6  # paper: 2.08 M parameters (2.1 M in the text)
 SMALL = (64, 64, 3)

@@ -150,7 +150,7 @@ def official(sinet_checkpoint):
 def test_smoothing_a_static_video_converges_to_the_per_frame_result(official, humanseg, mode):
     import cv2
 
-    from sinet_tf.io import read_rgb
+    from sinet_tf.files import read_rgb
 
     photo = read_rgb(humanseg / "images" / "1.jpg")
     first = cv2.resize(read_rgb(humanseg / "images" / "2.jpg"), photo.shape[1::-1])
@@ -164,7 +164,7 @@ def test_smoothing_a_static_video_converges_to_the_per_frame_result(official, hu
 
 
 def test_no_smoothing_and_no_refinement_is_exactly_the_segmenter(official, humanseg):
-    from sinet_tf.io import read_rgb
+    from sinet_tf.files import read_rgb
     from sinet_tf.postprocess import model_frame
 
     photo = read_rgb(humanseg / "images" / "1.jpg")

@@ -7,7 +7,7 @@ import pytest
 
 import sinet_tf
 from sinet_tf.backbones.resnet import resnet_features
-from sinet_tf.profile import count_params
+from sinet_tf.model_cost import count_params
 
 SMALL = (96, 96, 3)      # the smallest square input PSPNet takes (a multiple of 8 * 6 = 48 above 64)
 CLASSIFIER_IN = 512      # the 1x1 classifier reads the 512-channel 3x3 conv

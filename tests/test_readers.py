@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from sinet_tf.cli import main
-from sinet_tf.data.readers import (DataError, DataReport, FileDataset, Problem, Sample, _orient,
+from sinet_tf.data import layouts, readers
+from sinet_tf.data.readers import (LAYOUTS, DataError, DataReport, FileDataset, Problem, Sample, _orient,
                                    check_dataset, load_dataset)
 
 
@@ -200,6 +202,78 @@ def test_separate_matte_folders(tmp_path):
     label = ds.read(0)[1]
     assert label.shape == (12, 16) and set(np.unique(label)) == {0, 1}
     assert label[:, :7].max() == 0 and label[:, 9:].min() == 1
+
+
+def test_layout_priority(tmp_path):
+    assert LAYOUTS == ("list", "eg1800", "folders", "mattes", "rgba")
+    # with a split, every layout is tried at the root before the <split>/ sub-folder: mattes
+    # in images/train/ + matting/train/ win over folders in train/images/ + train/masks/
+    write_rgb(tmp_path / "images" / "train" / "a.jpg", photo(8, 8))
+    write_grey(tmp_path / "matting" / "train" / "a.png", person_mask(8, 8))
+    write_rgb(tmp_path / "train" / "images" / "b.jpg", photo(8, 8))
+    write_grey(tmp_path / "train" / "masks" / "b.png", person_mask(8, 8))
+    ds = load_dataset(tmp_path, split="train")
+    assert ds.layout == "mattes" and [(s.image.name, s.mask.name) for s in ds.samples] == [("a.jpg", "a.png")]
+
+
+@contextmanager
+def unregistered_afterwards(name):
+    """Removes the layout ``name`` from the registry on exit, whatever happened, so the
+    other tests see the built-in layouts only."""
+    try:
+        yield
+    finally:
+        if name in layouts.names():
+            layouts.unregister(name)
+
+
+def test_a_new_layout_is_one_definition_and_one_registration(tmp_path):
+    data, other = tmp_path / "data", tmp_path / "other"
+    expected = {}
+    for i in range(3):
+        write_rgb(data / "photos" / f"s{i}.jpg", photo(16, 20, i))
+        m = person_mask(16, 20, 255, i)
+        write_grey(data / "photos" / f"s{i}.mask.png", m)
+        expected[f"s{i}"] = m // 255
+    write_rgb(data / "photos" / "notes" / "n.jpg", photo(8, 8))  # not *.jpg directly in photos/
+    other.mkdir()
+    (other / "notes.md").write_text("hi")
+    with pytest.raises(DataError, match="unrecognised dataset layout"):  # no built-in layout matches
+        load_dataset(data)
+
+    with unregistered_afterwards("photos"):
+        @layouts.register
+        class Photos(layouts.Layout):
+            name = "photos"
+            description = "photos/*.jpg with photos/*.mask.png beside them"
+
+            def detect(self, root, split):
+                folder = root / "photos"
+                if not folder.is_dir():
+                    return None
+                return [(p, p.with_name(p.stem + ".mask.png")) for p in sorted(folder.glob("*.jpg"))]
+
+        ds = load_dataset(data)
+        assert ds.layout == "photos" and readers.LAYOUTS[-1] == "photos"
+        assert [(s.image, s.mask, s.matte) for s in ds.samples] == [
+            (data / "photos" / f"s{i}.jpg", data / "photos" / f"s{i}.mask.png", False) for i in range(3)]
+        assert_labels(ds, expected)
+        # the "Looked for" list names it: after the layouts tried without a split, before the list file
+        with pytest.raises(DataError, match=re.escape(
+                "a folder of RGBA PNGs (alpha = matte), photos/*.jpg with photos/*.mask.png beside them, "
+                "or a list file (pass the .txt, or the folder plus split=).")):
+            load_dataset(other)
+        # split_support is "none" by default: not tried with a split, nor listed
+        with pytest.raises(DataError, match="no 'train' split found") as e:
+            load_dataset(data, split="train")
+        assert "photos/*.jpg" not in str(e.value)
+        with pytest.raises(ValueError, match="'photos' is already registered"):
+            layouts.register(Photos)
+
+    assert "photos" not in readers.LAYOUTS and readers.LAYOUTS == LAYOUTS
+    with pytest.raises(DataError, match="unrecognised dataset layout") as e:
+        load_dataset(other)
+    assert "photos/*.jpg" not in str(e.value)
 
 
 def test_palette_png_uses_the_index(tmp_path):

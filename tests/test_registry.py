@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 import sinet_tf
+from sinet_tf.model_cost import count_macs, count_params
+
 from registry_cases import MODELS, pixels, small_model, small_shape  # noqa: F401  (small_model: a fixture)
-from sinet_tf.profile import count_macs, count_params
+
 
 def test_registry_lists_the_foundation_models():
     assert {"sinet", "sinet_encoder", "extremec3net", "extremec3net_encoder"} <= set(MODELS)

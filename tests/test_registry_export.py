@@ -8,8 +8,10 @@ with random ones; the stage-1 encoders (tag ``stage1``) join with -m slow."""
 
 import numpy as np
 
+from sinet_tf.export import check_gpu_compatibility, convert_float32
+from sinet_tf.runtime import TFLiteRunner
+
 from registry_cases import model_params, pixels, small_model_fixture
-from sinet_tf.export import TFLiteRunner, check_gpu_compatibility, convert_float32
 
 small_model = small_model_fixture([p for p in model_params(slow_tags=("large", "stage1"))
                                    if p not in ("sinet", "extremec3net")])

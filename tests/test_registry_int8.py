@@ -9,10 +9,11 @@ by test_export.py and test_demo.py, so it is not repeated here with random ones.
 
 import numpy as np
 
-from registry_cases import model_params, small_model_fixture
-from sinet_tf.export import TFLiteRunner, export_tflite
+from sinet_tf.export import export_tflite
 from sinet_tf.export.quantize import inspect_tflite
+from sinet_tf.runtime import TFLiteRunner
 
+from registry_cases import model_params, small_model_fixture
 
 small_model = small_model_fixture([p for p in model_params(slow_tags=("large", "stage1")) if p != "sinet"])
 
@@ -24,7 +25,7 @@ def _batchnorm_from_data(model, images):
     int8 range can hold; with data statistics they stay O(1), as in a trained network."""
     import keras
 
-    from sinet_tf.profile import iter_layers
+    from sinet_tf.model_cost import iter_layers
 
     layers = list(iter_layers(model))
     norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]

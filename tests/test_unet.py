@@ -8,7 +8,7 @@ import pytest
 
 import sinet_tf
 from sinet_tf.backbones.mobilenetv2 import mobilenetv2_features
-from sinet_tf.profile import count_params
+from sinet_tf.model_cost import count_params
 
 # The same-padded 64-channel U-Net with 2 classes as commonly quoted (torchsummary of the
 # plain PyTorch U-Net, model-zoo tables: "U-Net | 2015 | 31,031,810"; "31.0 M"). The paper

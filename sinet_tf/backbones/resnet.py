@@ -25,7 +25,7 @@ dilated by 2 and 4 (the authors' prototxts dilate each block of the stage, its f
 
 Input preprocessing. keras.applications' ResNet weights were trained on Caffe-style input
 (BGR, minus the ImageNet mean [103.939, 116.779, 123.68], no scaling). The closest preset
-of :mod:`sinet_tf.data.normalization` is ``portraitnet`` (same channel order and mean, times
+of :mod:`sinet_tf.layers.normalization_presets` is ``portraitnet`` (same channel order and mean, times
 0.017); the scale is absorbed by ``conv1_bn`` in training mode (the batch statistics of
 ``conv1_conv``'s output scale with it), so the ImageNet features start from what they saw.
 """

@@ -17,6 +17,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from sinet_tf.bench.host import model_info
+
 __all__ = ["BENCHMARK_MODEL_URL", "DEVICE_DIR", "AdbError", "adb_command", "benchmark_model_command",
            "benchmark_on_device", "find_adb", "parse_adb_devices", "parse_benchmark_output", "pick_device",
            "row_from_output"]
@@ -186,8 +188,6 @@ def benchmark_on_device(models, threads=(4,), use_gpu: bool = False, runs: int =
                         serial: str | None = None, benchmark_binary=None, progress=None) -> list[dict]:
     """Run every model under ``benchmark_model`` on an attached device; one row per
     (thread count, model) with the host rows' keys where the tool reports them."""
-    from sinet_tf.bench.host import model_info
-
     say = progress or (lambda msg: None)
     infos = [model_info(m) for m in models]  # missing or non-model files fail before adb is touched
     adb = find_adb()

@@ -28,57 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from sinet_tf.evaluate import evaluate
+from sinet_tf.inference import Segmenter
+from sinet_tf.runtime.interpreter import make_interpreter, quantization_of
+from sinet_tf.runtime.model_file import count_weight_params, read_contents, read_tflite
+
 __all__ = ["DEFAULT_INPUT_RANGE", "benchmark", "input_convention", "interleaved_times", "model_info", "peak_memory",
            "read_tflite"]
 
 DEFAULT_INPUT_RANGE = (0.0, 255.0)
-
-# constant int32/int64 tensors are weights only in these positions (biases of integer
-# convolutions); elsewhere they are shapes, axes, paddings or sizes
-_BIAS_POSITIONS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
-
-
-def read_tflite(path: str | os.PathLike) -> bytes:
-    """The bytes of a ``.tflite`` file; a clear error naming the file if it is missing or
-    is not a TFLite flatbuffer (identifier ``TFL3``)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"model file not found: {p}")
-    if not p.is_file():
-        raise ValueError(f"{p}: not a file (give .tflite files)")
-    data = p.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ValueError(f"{p}: not a TFLite model (no TFL3 flatbuffer identifier); sinet bench takes .tflite files")
-    return data
-
-
-def _count_params(data: bytes, ops: list[str]) -> int:
-    """Values stored in the file's constant weight tensors: every tensor backed by a
-    non-empty buffer that an operator reads, counted once (so a constant the converter
-    shares between ops, such as one zero bias, counts once; a grouped convolution exported
-    as a dense CONV_2D counts its zero blocks). int32/int64 constants count only as a
-    convolution's bias (elsewhere they are shapes, axes, paddings). In a float16 model the
-    fp16 weights count (what DEQUANTIZE makes of them at load is not a constant)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
-    sub = model.subgraphs[0]
-    integer = {schema.TensorType.INT32, schema.TensorType.INT64}
-    counted, total = set(), 0
-    for op_name, op in zip(ops, sub.operators or []):
-        for pos, ti in enumerate(op.inputs if op.inputs is not None else []):
-            ti = int(ti)
-            if ti < 0 or ti in counted:
-                continue
-            t = sub.tensors[ti]
-            buf = model.buffers[t.buffer] if t.buffer else None
-            if buf is None or not ((buf.data is not None and len(buf.data) > 0) or buf.size > 0):
-                continue
-            if t.type in integer and _BIAS_POSITIONS.get(op_name) != pos:
-                continue
-            counted.add(ti)
-            total += int(np.prod(t.shape)) if t.shape is not None and len(t.shape) else 1
-    return total
 
 
 def input_convention(contents, override: tuple[float, float] | None = None) -> dict:
@@ -98,31 +56,17 @@ def input_convention(contents, override: tuple[float, float] | None = None) -> d
 
 def model_info(path: str | os.PathLike, input_range: tuple[float, float] | None = None) -> dict:
     """Size, parameter count, input and output of a ``.tflite`` file, read from the flatbuffer."""
-    from sinet_tf.export.quantize import inspect_tflite
-
     data = read_tflite(path)
-    try:
-        contents = inspect_tflite(data)
-    except Exception as e:  # a corrupt flatbuffer behind a valid identifier
-        raise ValueError(f"{path}: cannot parse the TFLite flatbuffer ({type(e).__name__}: {e})") from e
+    contents = read_contents(data, label=str(path))
     if len(contents.inputs) != 1:
         raise ValueError(f"{path}: {len(contents.inputs)} inputs; sinet bench runs single-image models")
     i, o = contents.inputs[0], contents.outputs[0]
     conv = input_convention(contents, input_range)
     return {"model": str(path), "name": Path(path).stem, "size_bytes": len(data),
-            "params": _count_params(data, contents.ops), "ops": len(contents.ops),
+            "params": count_weight_params(data), "ops": len(contents.ops),
             "input": {"name": i["name"], "shape": i["shape"], "dtype": i["dtype"], "scale": i["scale"],
                       "zero_point": i["zero_point"], "range": conv["range"], "range_source": conv["source"]},
             "output": {"name": o["name"], "shape": o["shape"], "dtype": o["dtype"]}}
-
-
-def _interpreter(path, threads: int, xnnpack: bool):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    kwargs = {} if xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    interpreter = Interpreter(model_path=str(path), num_threads=int(threads), **kwargs)
-    interpreter.allocate_tensors()
-    return interpreter
 
 
 def _bench_input(input_detail: dict, value_range, seed: int = 0) -> np.ndarray:
@@ -134,7 +78,7 @@ def _bench_input(input_detail: dict, value_range, seed: int = 0) -> np.ndarray:
     x = lo + pixels * ((hi - lo) / 255.0)
     dtype = input_detail["dtype"]
     if dtype in (np.int8, np.uint8, np.int16):
-        scale, zero = input_detail["quantization"]
+        scale, zero = quantization_of(input_detail) or (1.0, 0)
         info = np.iinfo(dtype)
         x = np.clip(np.round(x / (scale or 1.0) + zero), info.min, info.max)
     return x.astype(dtype)
@@ -144,7 +88,7 @@ class _Timed:
     """One model under one interpreter, its input set once."""
 
     def __init__(self, path, threads, xnnpack, value_range):
-        self.interpreter = _interpreter(path, threads, xnnpack)
+        self.interpreter = make_interpreter(path, threads=threads, xnnpack=xnnpack)
         d = self.interpreter.get_input_details()[0]
         self.interpreter.set_tensor(d["index"], _bench_input(d, value_range))
         self.invoke = self.interpreter.invoke
@@ -201,8 +145,6 @@ def peak_memory(path, threads: int = 1, xnnpack: bool = True, invokes: int = 3, 
 def _segmenter(path, value_range):
     """A :class:`~sinet_tf.inference.Segmenter` for ``path`` that maps the [0, 255] pixels it
     prepares to the file's value range before the model sees them."""
-    from sinet_tf.inference import Segmenter
-
     lo, hi = (float(v) for v in value_range)
     if (lo, hi) == DEFAULT_INPUT_RANGE:
         return Segmenter(path)
@@ -312,8 +254,6 @@ def benchmark(models, threads=(2,), warmup: int = 5, runs: int = 50, data=None, 
 
 
 def _score(info: dict, data, split, num_images) -> dict:
-    from sinet_tf.evaluate import evaluate
-
     try:
         segmenter = _segmenter(info["model"], info["input"]["range"])
     except (RuntimeError, ValueError) as e:

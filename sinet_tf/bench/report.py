@@ -87,7 +87,7 @@ def write_plots(rows: list[dict], out: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from sinet_tf.io import write_atomic
+    from sinet_tf.files import write_atomic
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,11 +44,31 @@ work of the batch.
   smoothing and are applied after it as one affine map per image, batched, in the pass
   that also interleaves the channels: the same result as applying them in turn.
 * **Random numbers.** Every draw is a counter-based hash (murmur3's 32-bit finaliser) of
-  the example's seed (int64 ``[2]``), a stream number and, for the noise, the element
-  index: a pure function of ``(seed, example)``, vectorised over a batch. An example's
-  augmentation depends on its own seed and photo only, never on its batch-mates or the
-  batch size. The noise is Box-Muller (a 20-bit radius draw and a 12-bit angle, so
+  the example's seed (int64 ``[2]``), the draw's stream number and, for the noise, the
+  element index: a pure function of ``(seed, example)``, vectorised over a batch. An
+  example's augmentation depends on its own seed and photo only, never on its batch-mates
+  or the batch size. The noise is Box-Muller (a 20-bit radius draw and a 12-bit angle, so
   |z| <= 5.4 sigma), i.i.d. per pixel and channel and drawn afresh for every example.
+  Streams are allocated by the draw's name (:func:`draw_streams`): PortraitNet's draws keep
+  the numbers they always had (:data:`_RESERVED_STREAMS`, below 2^16), any other draw gets
+  a hash of its name (2^16 and above), and registration refuses a name or number in use.
+
+**Texture ops** are registry entries (:class:`TextureOp`): name, probability field, named
+parameter draws (:class:`Draw`), per-image *factors* (the values the op's coin gates; when
+it says no, the op's neutral values), the apply function and, optionally, an imgaug form.
+Which pass runs the apply function is its *stage*: ``filter`` (per image, before the
+clip, may read up to its ``radius`` of neighbours; noise, blur), ``enhance`` (per image,
+after the clip, reads neighbours; sharpness), ``affine`` (batched, an affine map of the
+image and of its mean grey; colour, brightness, contrast) or ``pixel`` (batched, after
+the final clip, the result clipped again). A new op is one definition and one registration::
+
+    @texture_op("invert", "pixel", draws=(Draw("invert", "uniform", (0.5, 1.0), neutral=0.0),))
+    def invert(x, f, keys):  # planar [B, 3, h, w]; f["invert"] [B, 1, 1, 1], 0 when not applied
+        return f["invert"] * 255.0 + (1.0 - 2.0 * f["invert"]) * x
+
+It is drawn (``apply_invert``, ``invert``) by :func:`sample_params`, runs in
+:func:`augment_batch`, :func:`augment_example` and :func:`texture_transform` after the
+registered ops, and the imgaug backend refuses it unless it is given ``imgaug=``.
 
 :func:`geometric_transform` (``ImageProjectiveTransformV3`` on any photo) and
 :func:`texture_transform` (one photo, explicit parameters) are the per-example reference
@@ -61,14 +81,19 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import tensorflow as tf
 
+from sinet_tf.compat import xla_window_gather
+
 __all__ = ["PortraitNetAugmentation", "sample_params", "augment_example", "augment_batch",
            "geometric_transform", "texture_transform", "resize_example", "canvas_size", "make_canvas",
-           "MARGIN", "RING", "TEXTURE_OPS"]
+           "MARGIN", "RING", "TEXTURE_OPS", "Draw", "TextureOp", "texture_op", "register_texture_op",
+           "unregister_texture_op", "texture_ops", "draw_streams", "STAGES"]
 
 
 @dataclass(frozen=True)
@@ -90,17 +115,27 @@ class PortraitNetAugmentation:
     sharpness: tuple[float, float] = (0.8, 1.3)
 
     def __post_init__(self):
-        for name in ("flip_prob", "texture_prob"):
+        # the probabilities and ranges the declared draws read (geometry's, then each
+        # registered texture op's), in declaration order
+        own = {f.name for f in fields(self)}
+        draws = _GEOMETRY + tuple(d for op in _REGISTRY for d in (op.coin, *op.draws))
+
+        def read(kind):
+            names = [d.source for d in draws if d.kind == kind and isinstance(d.source, str) and d.source in own]
+            return list(dict.fromkeys(names))
+
+        for name in read("coin"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augmentation {name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("rotation_deg", "scale", "translate", "color", "brightness", "contrast", "sharpness"):
+        for name in read("uniform"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"augmentation range {name}={getattr(self, name)} has low > high")
         if self.scale[0] <= 0:
             raise ValueError(f"augmentation scale must be positive, got {self.scale}")
-        if not self.blur_kernels or set(self.blur_kernels) - {3, 5}:
-            raise ValueError(f"augmentation blur_kernels must be drawn from (3, 5), got {self.blur_kernels}")
+        for op in _REGISTRY:
+            if op.check is not None:
+                op.check(self)
         for name in ("image_fill", "label_fill"):
             v = getattr(self, name)
             if not (0 <= v <= 255 and float(v) == int(v)):
@@ -111,12 +146,14 @@ class PortraitNetAugmentation:
 
     @classmethod
     def none(cls) -> "PortraitNetAugmentation":
-        """No augmentation at all (identity geometry, no texture changes)."""
-        return cls(flip_prob=0.0, rotation_deg=(0.0, 0.0), scale=(1.0, 1.0), translate=(0.0, 0.0),
-                   texture_prob=0.0)
+        """No augmentation at all (identity geometry, every registered texture op's
+        probability field 0)."""
+        own = {f.name for f in fields(cls)}
+        off = {op.prob: 0.0 for op in _REGISTRY if isinstance(op.prob, str) and op.prob in own}
+        return cls(flip_prob=0.0, rotation_deg=(0.0, 0.0), scale=(1.0, 1.0), translate=(0.0, 0.0), **off)
 
 
-TEXTURE_OPS = ("noise", "blur", "color", "brightness", "contrast", "sharpness")
+TEXTURE_OPS = ("noise", "blur", "color", "brightness", "contrast", "sharpness")  # PortraitNet's, registered below
 MARGIN = 3  # pixels warped around the output: blur radius 2 + PIL SMOOTH radius 1
 RING = 2  # pixels of fill around a canvas: every 2x2 window of a point outside is all fill
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's convert("L") used by ImageEnhance
@@ -175,9 +212,6 @@ def _unit(bits):
     return _to_float(_shr(bits, 8)) * (1.0 / 16777216.0)
 
 
-_NOISE_STREAMS = (1000, 1001)
-
-
 # ln(1 + t) on [0, 1): least-squares degree-7 polynomial, |error| < 3e-7
 _LOG1P = (0.99997851, -0.49942326, 0.32793693, -0.2250061, 0.1333498, -0.05417405, 0.01048553)
 
@@ -219,45 +253,296 @@ def _standard_normal(noise_keys, shape):
     return tf.sqrt(radius2) * (1.0 - 2.0 * s * s)
 
 
-# stream numbers of the draws (fixed: they define which random numbers a seed gives)
-_UNIFORMS = ("flip", "angle_deg", "scale", "tx", "ty", "blur_kernel", "color", "brightness", "contrast",
-             "sharpness")
-_PARAM_STREAMS = tuple(range(len(_UNIFORMS))) + tuple(11 + i for i in range(len(TEXTURE_OPS)))
+# ----------------------------------------------------------------------------------------
+# random draws, allocated by name
 
 
-def _draw(spec: PortraitNetAugmentation, seed):
-    """``(params, noise keys [..., 2])`` from int64 seeds ``[..., 2]``: one hash of each seed
-    and one vectorised draw per parameter."""
+@dataclass(frozen=True)
+class Draw:
+    """One random parameter of an example, drawn from its own stream(s) of random numbers.
+
+    ``kind``:
+
+    * ``"coin"``: bool, ``u < p`` with ``p`` from ``source``;
+    * ``"uniform"``: float32, ``lo + (hi - lo) * u`` with ``(lo, hi)`` from ``source``;
+    * ``"choice"``: int32, one of the integers of ``source``, each equally likely;
+    * ``"bits"``: ``words`` raw uint32 (the keys of a noise field); not a parameter of
+      :func:`sample_params`, handed to the op's apply function as ``keys``.
+
+    ``u`` is the top 24 bits of the stream's hash as a float32 in [0, 1). ``source`` is the
+    name of a :class:`PortraitNetAugmentation` field (validated with the spec: a coin's in
+    [0, 1], a range's low <= high) or a literal value. ``neutral`` is the value that leaves
+    the image as it is: the parameter's default in :func:`texture_transform` and, for an op
+    without explicit factors, its factor when the op's coin says no.
+    """
+
+    name: str
+    kind: str
+    source: object = None
+    neutral: float = 0.0
+    words: int = 1
+
+    def __post_init__(self):
+        if self.kind not in _DRAW_KINDS:
+            raise ValueError(f"draw {self.name!r}: kind {self.kind!r} is not one of {', '.join(_DRAW_KINDS)}")
+        if self.words < 1 or (self.words > 1 and self.kind != "bits"):
+            raise ValueError(f"draw {self.name!r}: words={self.words} (only 'bits' draws take more than one)")
+        if self.kind != "bits" and self.source is None:
+            raise ValueError(f"draw {self.name!r}: a {self.kind} draw needs a source (a spec field or a value)")
+
+
+_DRAW_KINDS = ("coin", "uniform", "choice", "bits")
+
+# The stream numbers PortraitNet's draws always had: fixed, because the number decides which
+# random numbers a seed gives (augmentation is a pure function of seed, epoch and position).
+# 10 was never drawn. Every other draw's streams are a hash of its name, from 2^16 up.
+_RESERVED_STREAMS = {
+    "flip": (0,), "angle_deg": (1,), "scale": (2,), "tx": (3,), "ty": (4,), "blur_kernel": (5,), "color": (6,),
+    "brightness": (7,), "contrast": (8,), "sharpness": (9,),
+    "apply_noise": (11,), "apply_blur": (12,), "apply_color": (13,), "apply_brightness": (14,),
+    "apply_contrast": (15,), "apply_sharpness": (16,),
+    "noise_keys": (1000, 1001),
+}
+_NOISE_STREAMS = _RESERVED_STREAMS["noise_keys"]
+_HASHED_STREAMS = 1 << 16
+
+
+def _stream_numbers(name: str, words: int = 1) -> tuple[int, ...]:
+    """The stream numbers of the draw called ``name``: its reserved ones, else CRC-32 of
+    ``"name/i"`` mapped into [2^16, 2^32) (stable across runs and registration orders)."""
+    if name in _RESERVED_STREAMS:
+        streams = _RESERVED_STREAMS[name]
+        if len(streams) != words:
+            raise ValueError(f"draw {name!r} has {len(streams)} reserved streams, not {words}")
+        return streams
+    span = (1 << 32) - _HASHED_STREAMS
+    return tuple(_HASHED_STREAMS + zlib.crc32(f"{name}/{i}".encode()) % span for i in range(words))
+
+
+_GEOMETRY = (Draw("flip", "coin", "flip_prob"), Draw("angle_deg", "uniform", "rotation_deg"),
+             Draw("scale", "uniform", "scale", neutral=1.0), Draw("tx", "uniform", "translate"),
+             Draw("ty", "uniform", "translate"))
+_STREAMS: dict[str, tuple[int, ...]] = {d.name: _stream_numbers(d.name) for d in _GEOMETRY}  # name -> streams
+_REGISTRY: list["TextureOp"] = []  # the texture ops, in the order they apply within their stage
+_TAKEN = ("noise_seed",)  # parameter names that are not draws
+
+
+def _spec_value(spec, source, who):
+    """``source`` read from ``spec`` when it names a field, else ``source`` itself."""
+    if not isinstance(source, str):
+        return source
+    try:
+        return getattr(spec, source)
+    except AttributeError:
+        raise ValueError(f"{who} reads augmentation field {source!r}, which {type(spec).__name__} "
+                         "does not have") from None
+
+
+# ----------------------------------------------------------------------------------------
+# texture ops: one definition + one registration
+
+STAGES = ("filter", "enhance", "affine", "pixel")
+
+
+@dataclass(frozen=True, eq=False)
+class TextureOp:
+    """A texture op: drawn per example, gated by its own coin (``apply_<name>``, probability
+    ``prob``: a spec field name or a number), applied by ``apply`` in its ``stage``.
+
+    * ``draws``: its parameters (:class:`Draw`), by name.
+    * ``factors(params, spec) -> {name: value}``: the per-image numbers ``apply`` reads,
+      when the coin says yes (scalar or ``[B]``); ``neutral`` ``{name: value}`` when it
+      says no. Default: each non-``bits`` draw is a factor of its own name and neutral.
+    * ``apply`` by stage (``f``: the factors; ``keys``: the op's ``bits`` draws, uint32):
+
+      - ``filter``: ``(x [1, 3, H, W], f scalars, keys [words]) -> [1, 3, H - 2r, W - 2r]``
+        with ``r = radius``, per image, before the clip; skipped (an XLA conditional)
+        unless ``active(f)`` (default: a factor is not its neutral value). The stage is one
+        switch over which of its ops are active (2^n branches);
+      - ``enhance``: the same signature, per image, after the clip, each its own conditional;
+      - ``affine``: ``(z [B, 3, h, w], mean [B, 1, 1, 1], f [B, 1, 1, 1]) -> (z, mean)``,
+        batched, an affine map per image of the image and of its mean grey (the mean grey
+        of the image before ``enhance``, PIL's contrast degenerate, as transformed so far);
+        these commute with the ``enhance`` stage's normalised smoothing, so the order of the
+        spec holds; applied at the neutral factors too (it must leave the image as it is);
+      - ``pixel``: ``(x [B, 3, h, w], f [B, 1, 1, 1], keys [B, words]) -> x``, batched,
+        after the final clip, the result clipped again; applied at the neutral factors too.
+
+    * ``radius``: ``filter``/``enhance`` only; the radii of the two stages add up to at most
+      :data:`MARGIN`, the pixels the warp provides around the output.
+    * ``imgaug(iaa, spec) -> augmenter``: the op for the imgaug backend (wrapped in
+      ``iaa.Sometimes(probability)``); ``None``: that backend refuses a spec under which the
+      op can apply.
+    * ``check(spec)``: raises ``ValueError`` for an invalid spec (run by the spec).
+    """
+
+    name: str
+    stage: str
+    apply: Callable
+    draws: tuple[Draw, ...] = ()
+    prob: object = "texture_prob"
+    factors: Callable | None = None
+    neutral: Mapping[str, float] | None = None
+    active: Callable | None = None
+    radius: int = 0
+    imgaug: Callable | None = None
+    check: Callable | None = None
+
+    @property
+    def coin(self) -> Draw:
+        return Draw(f"apply_{self.name}", "coin", self.prob)
+
+    def probability(self, spec) -> float:
+        return float(_spec_value(spec, self.prob, f"texture op {self.name!r}"))
+
+    def neutral_factors(self) -> dict[str, float]:
+        if self.neutral is not None:
+            return dict(self.neutral)
+        return {d.name: d.neutral for d in self.draws if d.kind != "bits"}
+
+    def factor_values(self, params, spec) -> dict:
+        if self.factors is not None:
+            return self.factors(params, spec)
+        return {d.name: params[d.name] for d in self.draws if d.kind != "bits"}
+
+    @property
+    def words(self) -> int:
+        return sum(d.words for d in self.draws if d.kind == "bits")
+
+
+def register_texture_op(op: TextureOp) -> TextureOp:
+    """Add ``op`` after the registered texture ops; its draws get their streams. Refuses a
+    name, parameter or stream in use, an unknown stage and a radius the margin cannot hold."""
+    if not isinstance(op, TextureOp):
+        raise TypeError(f"register_texture_op takes a TextureOp, got {type(op).__name__}")
+    who = f"texture op {op.name!r}"
+    if not op.name.isidentifier():
+        raise ValueError(f"{who}: the name must be a Python identifier")
+    if any(o.name == op.name for o in _REGISTRY):
+        raise ValueError(f"{who} is registered already")
+    if op.stage not in STAGES:
+        raise ValueError(f"{who}: stage {op.stage!r} is not one of {', '.join(STAGES)}")
+    if (op.factors is None) != (op.neutral is None):
+        raise ValueError(f"{who}: factors= and neutral= go together (neutral: the factors' values that "
+                         "leave the image as it is)")
+    if not op.neutral_factors():
+        raise ValueError(f"{who} has no factor for its coin to gate: give it a draw, or factors= and neutral=")
+    if op.stage == "affine" and op.words:
+        raise ValueError(f"{who}: an affine op takes no random words ('bits' draws)")
+    if op.radius and op.stage not in ("filter", "enhance"):
+        raise ValueError(f"{who}: only filter and enhance ops read neighbours (radius={op.radius})")
+    reach = sum(o.radius for o in (*_REGISTRY, op) if o.stage in ("filter", "enhance"))
+    if op.radius < 0 or reach > MARGIN:
+        raise ValueError(f"{who}: radius {op.radius} makes the filter and enhance stages read {reach} pixels "
+                         f"around the output; the warp provides MARGIN={MARGIN}")
+    draws = (op.coin, *op.draws)
+    streams, owner = {}, {s: name for name, ss in _STREAMS.items() for s in ss}
+    for d in draws:
+        if d.name in _STREAMS or d.name in _TAKEN or d.name in streams:
+            raise ValueError(f"{who}: draw name {d.name!r} is in use")
+        literal = not isinstance(d.source, str)
+        if literal and d.kind == "uniform" and d.source[0] > d.source[1]:
+            raise ValueError(f"{who}: draw {d.name!r} has range {d.source} with low > high")
+        if literal and d.kind == "coin" and not 0.0 <= d.source <= 1.0:
+            raise ValueError(f"{who}: draw {d.name!r} has probability {d.source}, not in [0, 1]")
+        if literal and d.kind == "choice" and not d.source:
+            raise ValueError(f"{who}: draw {d.name!r} chooses from nothing")
+        streams[d.name] = _stream_numbers(d.name, d.words)
+        for s in streams[d.name]:
+            if s in owner:
+                raise ValueError(f"{who}: draw {d.name!r} gets random stream {s}, which {owner[s]!r} has: "
+                                 "rename the draw")
+            owner[s] = d.name
+    _STREAMS.update(streams)
+    _REGISTRY.append(op)
+    return op
+
+
+def texture_op(name: str, stage: str, **fields_):
+    """Decorator: ``@texture_op(name, stage, draws=..., ...)`` on the apply function defines
+    and registers the :class:`TextureOp` (which the name then refers to)."""
+    def register(apply):
+        return register_texture_op(TextureOp(name, stage, apply, **fields_))
+
+    return register
+
+
+def unregister_texture_op(name: str) -> TextureOp:
+    """Remove the texture op called ``name`` (and free its draws' names); returns it."""
+    for i, op in enumerate(_REGISTRY):
+        if op.name == name:
+            del _REGISTRY[i]
+            for d in (op.coin, *op.draws):
+                del _STREAMS[d.name]
+            return op
+    raise ValueError(f"no texture op named {name!r} is registered ({', '.join(o.name for o in _REGISTRY)})")
+
+
+def texture_ops() -> tuple[TextureOp, ...]:
+    """The registered texture ops, in order."""
+    return tuple(_REGISTRY)
+
+
+def draw_streams() -> dict[str, tuple[int, ...]]:
+    """Every declared draw (geometry's and the registered texture ops') -> its stream numbers."""
+    return dict(_STREAMS)
+
+
+def _check_streams():
+    """All stream numbers in use and reserved are disjoint (checked at import)."""
+    owner = {}
+    for name, streams in (*_RESERVED_STREAMS.items(), *_STREAMS.items()):
+        for s in streams:
+            if owner.setdefault(s, name) != name:
+                raise RuntimeError(f"draws {owner[s]!r} and {name!r} share random stream {s}")
+    if max(s for ss in _RESERVED_STREAMS.values() for s in ss) >= _HASHED_STREAMS:
+        raise RuntimeError("a reserved stream number lies in the hashed range")
+
+
+def _draw(spec: PortraitNetAugmentation, seed, ops):
+    """``(params, keys [..., words])`` from int64 seeds ``[..., 2]`` for the texture ops
+    ``ops``: one hash of each seed and one vectorised draw per parameter (``keys``: the
+    ops' ``bits`` draws, in op order)."""
     seed = tf.cast(seed, tf.int64)
-    bits = _stream_bits(_seed_keys(seed), _PARAM_STREAMS + _NOISE_STREAMS)
-    u = _unit(bits[..., :len(_PARAM_STREAMS)])  # [..., 16] in [0, 1)
-    ranges = {"angle_deg": spec.rotation_deg, "scale": spec.scale, "tx": spec.translate, "ty": spec.translate,
-              "color": spec.color, "brightness": spec.brightness, "contrast": spec.contrast,
-              "sharpness": spec.sharpness}
-    lo = tf.constant([float(ranges[k][0]) if k in ranges else 0.0 for k in _UNIFORMS], tf.float32)
-    span = tf.constant([float(ranges[k][1] - ranges[k][0]) if k in ranges else 1.0 for k in _UNIFORMS], tf.float32)
-    values = tf.unstack(lo + span * u[..., :len(_UNIFORMS)], axis=-1)
-    p = dict(zip(_UNIFORMS, values))
-    p["flip"] = values[0] < spec.flip_prob
-    n_k = len(spec.blur_kernels)
-    kernel_index = tf.minimum(tf.cast(values[5] * n_k, tf.int32), n_k - 1)
-    p["blur_kernel"] = tf.gather(tf.constant(spec.blur_kernels, tf.int32), kernel_index)
+    params = list(_GEOMETRY) + [d for op in ops for d in op.draws if d.kind != "bits"]
+    scalars = params + [op.coin for op in ops]
+    words = [d for op in ops for d in op.draws if d.kind == "bits"]
+    streams = [_stream_numbers(d.name)[0] for d in scalars]
+    streams += [s for d in words for s in _stream_numbers(d.name, d.words)]
+    bits = _stream_bits(_seed_keys(seed), streams)
+    u = _unit(bits[..., :len(scalars)])  # [..., n] in [0, 1)
+    lo, span = [], []
+    for d in scalars:
+        a, b = _spec_value(spec, d.source, f"draw {d.name!r}") if d.kind == "uniform" else (0.0, 1.0)
+        lo.append(float(a))
+        span.append(float(b - a))
+    values = tf.unstack(tf.constant(lo, tf.float32) + tf.constant(span, tf.float32) * u, axis=-1)
+    def value(i, d):
+        if d.kind == "uniform":
+            return values[i]
+        source = _spec_value(spec, d.source, f"draw {d.name!r}")
+        if d.kind == "coin":
+            return values[i] < source
+        choices = tuple(int(c) for c in source)
+        index = tf.minimum(tf.cast(values[i] * len(choices), tf.int32), len(choices) - 1)
+        return tf.gather(tf.constant(choices, tf.int32), index)
+
+    p = {d.name: value(i, d) for i, d in enumerate(params)}
     p["noise_seed"] = seed
-    apply = tf.unstack(u[..., len(_UNIFORMS):] < spec.texture_prob, axis=-1)
-    for name, a in zip(TEXTURE_OPS, apply):
-        p[f"apply_{name}"] = a
-    return p, bits[..., len(_PARAM_STREAMS):]
+    p.update((d.name, value(i, d)) for i, d in enumerate(scalars) if i >= len(params))
+    return p, bits[..., len(scalars):]
 
 
 def sample_params(spec: PortraitNetAugmentation, seed) -> dict[str, tf.Tensor]:
     """Draw every random parameter of one example from its ``seed`` (int64 ``[2]``), or of
     a batch from seeds ``[B, 2]`` (each example from its own seed: the same values as one
-    at a time).
+    at a time): geometry's, then each registered texture op's parameters, ``noise_seed``,
+    and the texture ops' coins ``apply_<op>``.
 
     Returned so that tests can check ranges, and so that two views can share geometry.
     ``noise_seed`` is the seed the example's noise field is drawn from.
     """
-    return _draw(spec, seed)[0]
+    return _draw(spec, seed, texture_ops())[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -395,15 +680,11 @@ def _warp(canvas, index, coeffs, out_hw, margin):
     uint8 ``[B, h, w]`` (nearest), outside the canvas the ring's fill values: as
     ``ImageProjectiveTransformV3`` with constant fill, pixel centres at integers.
     """
-    from tensorflow.compiler.tf2xla.python import xla as tfxla
-
     batch, wp = canvas.shape[0], int(canvas.shape[2])
     hh, ww = out_hw[0] + 2 * margin, out_hw[1] + 2 * margin
     # one gather of the rows [i, i + 1] and [i + wp, i + wp + 1]: [B, hh, ww, 2, 2]
-    dims = tfxla.xla_data_pb2.GatherDimensionNumbers(
-        offset_dims=[4], collapsed_slice_dims=[], start_index_map=[0], index_vector_dim=4)
     starts = tf.stack([index, index + wp], axis=-1)[..., None]
-    win = tfxla.gather(tf.reshape(canvas, [-1]), starts, dims, [2], True)
+    win = xla_window_gather(tf.reshape(canvas, [-1]), starts, window=2)
     win.set_shape([batch, hh, ww, 2, 2])
     x, y = _sample_grid(coeffs, out_hw, margin)
     # (a clamped window is all fill, so its weights do not matter)
@@ -443,107 +724,203 @@ def _grey(x):  # planar [B, 3, ...] -> [B, 1, ...]
     return _LUMA[0] * x[:, 0:1] + _LUMA[1] * x[:, 1:2] + _LUMA[2] * x[:, 2:3]
 
 
-_FACTORS = ("sigma", "t1", "t2", "sharpness", "color", "brightness", "contrast")
+# PortraitNet's texture ops (Sec. 3.3), registered in the spec's order, each with p = texture_prob
+
+_BLUR_SIGMA = {3: 0.5 ** 0.5, 5: 1.0}  # imgaug: the Gaussian with the variance of the k-tap binomial, (k - 1) / 4
 
 
-def _texture_factors(p, spec: PortraitNetAugmentation):
-    """Per-image factors ``[B, 7]`` (in :data:`_FACTORS` order) of the gated texture ops:
-    each op's own when its coin says yes, else the value that leaves the image as it is."""
-    blur = p["apply_blur"]
-    f = {
-        "sigma": tf.where(p["apply_noise"], float(spec.noise_sigma), 0.0),
-        # OpenCV's GaussianBlur with sigma 0 uses the binomial kernels [1 2 1]/4 and
-        # [1 4 6 4 1]/16 for k = 3, 5, here as 5 taps [t2 t1 1-2(t1+t2) t1 t2];
-        # not applied: the identity [0 0 1 0 0]
-        "t1": tf.where(blur, 0.25, 0.0),
-        "t2": tf.where(blur & (p["blur_kernel"] > 3), 0.0625, 0.0),
-        "sharpness": tf.where(p["apply_sharpness"], p["sharpness"], 1.0),
-        "color": tf.where(p["apply_color"], p["color"], 1.0),
-        "brightness": tf.where(p["apply_brightness"], p["brightness"], 1.0),
-        "contrast": tf.where(p["apply_contrast"], p["contrast"], 1.0),
-    }
-    return tf.stack([tf.cast(f[k], tf.float32) for k in _FACTORS], axis=-1)
+@texture_op("noise", "filter", draws=(Draw("noise_keys", "bits", words=2),),
+            factors=lambda p, spec: {"sigma": float(spec.noise_sigma)}, neutral={"sigma": 0.0},
+            active=lambda f: f["sigma"] > 0.0,
+            imgaug=lambda iaa, spec: iaa.AdditiveGaussianNoise(scale=spec.noise_sigma))
+def _noise(x, f, keys):
+    """Gaussian noise of standard deviation ``noise_sigma``, i.i.d. per pixel and channel
+    (:func:`_standard_normal` of the example's two noise keys)."""
+    return x + f["sigma"] * _standard_normal(keys[None], [int(d) for d in x.shape[1:]])
 
 
-def _texture_one(x, noise_keys, f):
-    """The texture ops that read neighbours or cost most, on one image: ``x`` planar float32
-    ``[1, 3, h + 6, w + 6]`` (the warped photo with a 3-pixel margin), ``noise_keys [2]``,
-    ``f [7]`` its factors (:func:`_texture_factors`). Returns the noised, blurred, clipped
-    and sharpened centre ``z [3, h, w]`` and the mean grey before the sharpening (the
-    contrast's degenerate).
+def _check_blur(spec):
+    if not spec.blur_kernels or set(spec.blur_kernels) - {3, 5}:
+        raise ValueError(f"augmentation blur_kernels must be drawn from (3, 5), got {spec.blur_kernels}")
 
-    An op whose coin said no is skipped (XLA conditionals): this is why a batch loops over
-    its images rather than gating every op arithmetically. Noise and blur share one
-    four-way branch: XLA turns a conditional whose branches are all cheap into a select
-    of both, and the noise's logarithm in two of the branches keeps this one a branch."""
-    shape = [int(d) for d in x.shape[1:]]
-    sigma, t1, t2, sharpness = f[0], f[1], f[2], f[3]
+
+@texture_op("blur", "filter", radius=2, draws=(Draw("blur_kernel", "choice", "blur_kernels", neutral=3),),
+            # OpenCV's GaussianBlur with sigma 0 uses the binomial kernels [1 2 1]/4 and
+            # [1 4 6 4 1]/16 for k = 3, 5, here as 5 taps [t2 t1 1-2(t1+t2) t1 t2];
+            # not applied: the identity [0 0 1 0 0]
+            factors=lambda p, spec: {"t1": 0.25, "t2": tf.where(p["blur_kernel"] > 3, 0.0625, 0.0)},
+            neutral={"t1": 0.0, "t2": 0.0}, active=lambda f: f["t1"] > 0.0, check=_check_blur,
+            imgaug=lambda iaa, spec: iaa.GaussianBlur(sigma=[_BLUR_SIGMA[k] for k in spec.blur_kernels]))
+def _blur(x, f, keys):
+    """OpenCV's Gaussian blur with kernel 3 or 5 (separable, valid: 4 pixels shorter)."""
+    t1, t2 = f["t1"], f["t2"]
     kernel = [t2, t1, 1.0 - 2.0 * (t1 + t2), t1, t2]
-
-    def noisy():
-        return x + sigma * _standard_normal(noise_keys[None], shape)
-
-    def blur(v):
-        return tf.clip_by_value(_taps(_taps(v, kernel, 2), kernel, 3), 0.0, 255.0)
-
-    def crop(v):  # the region the blur returns
-        return v[:, :, 2:-2, 2:-2]
-
-    which = 2 * tf.cast(sigma > 0.0, tf.int32) + tf.cast(t1 > 0.0, tf.int32)
-    y = tf.switch_case(which, [
-        lambda: crop(x),  # a warped photo is in [0, 255] already
-        lambda: blur(x),
-        lambda: tf.clip_by_value(crop(noisy()), 0.0, 255.0),
-        lambda: blur(noisy()),
-    ])  # [1, 3, h + 2, w + 2]
-    y.set_shape([1, shape[0], shape[1] - 4, shape[2] - 4])
-    centre = y[:, :, 1:-1, 1:-1]
-
-    def sharpen():
-        # ImageEnhance.Sharpness: degenerate = PIL's SMOOTH filter, (3x3 box sum + 4 * centre) / 13
-        ones = [1.0, 1.0, 1.0]
-        smooth = (_taps(_taps(y, ones, 2), ones, 3) + 4.0 * centre) * (1.0 / 13.0)
-        return smooth + sharpness * (centre - smooth)
-
-    z = tf.cond(tf.not_equal(sharpness, 1.0), sharpen, lambda: centre)
-    return z[0], tf.reduce_mean(_grey(centre))
+    return _taps(_taps(x, kernel, 2), kernel, 3)
 
 
-def _texture_planar(x, noise_keys, factors):
-    """PortraitNet's texture changes on a batch: ``x`` planar float32 ``[B, 3, h + 6, w + 6]``
-    (photos with a 3-pixel margin), ``noise_keys [B, 2]``, ``factors [B, 7]`` from
-    :func:`_texture_factors`; returns NHWC ``[B, h, w, 3]``. Order as in the spec: noise,
-    blur, clip, colour, brightness, contrast, sharpness, clip.
+# PIL's ImageEnhance: out = degenerate + factor * (image - degenerate)
 
-    Noise, blur and sharpness run in a loop over the images (:func:`_texture_one`).
-    Colour, brightness and contrast are linear per image and so commute with the (linear)
-    smoothing of the sharpness op: they are applied after it, as one affine map per image
-    (the same result as applying them in turn), in the batched pass that also interleaves
-    the channels."""
-    z, mean = tf.map_fn(lambda a: _texture_one(a[0][None], a[1], a[2]), (x, noise_keys, factors),
-                        fn_output_signature=(tf.float32, tf.float32))
-    f = {k: tf.reshape(factors[:, i], [-1, 1, 1, 1]) for i, k in enumerate(_FACTORS)}
-    # colour: degenerate = the grey image; brightness: black; contrast: the mean grey after
-    # brightness (colour keeps the grey)
-    m = f["brightness"] * tf.reshape(mean, [-1, 1, 1, 1])
+@texture_op("color", "affine", draws=(Draw("color", "uniform", "color", neutral=1.0),),
+            imgaug=lambda iaa, spec: iaa.pillike.EnhanceColor(spec.color))
+def _color(z, mean, f):
+    """ImageEnhance.Color: degenerate = the grey image (kept: the mean grey is unchanged)."""
     g = _grey(z)
-    out = m + f["contrast"] * (f["brightness"] * (g + f["color"] * (z - g)) - m)
-    return tf.transpose(tf.clip_by_value(out, 0.0, 255.0), [0, 2, 3, 1])
+    return g + f["color"] * (z - g), mean
 
 
-def _per_image(seeds, spec: PortraitNetAugmentation, canvas_hw, out_hw):
+@texture_op("brightness", "affine", draws=(Draw("brightness", "uniform", "brightness", neutral=1.0),),
+            imgaug=lambda iaa, spec: iaa.pillike.EnhanceBrightness(spec.brightness))
+def _brightness(z, mean, f):
+    """ImageEnhance.Brightness: degenerate = black."""
+    return f["brightness"] * z, f["brightness"] * mean
+
+
+@texture_op("contrast", "affine", draws=(Draw("contrast", "uniform", "contrast", neutral=1.0),),
+            imgaug=lambda iaa, spec: iaa.pillike.EnhanceContrast(spec.contrast))
+def _contrast(z, mean, f):
+    """ImageEnhance.Contrast: degenerate = the mean grey."""
+    return mean + f["contrast"] * (z - mean), mean
+
+
+@texture_op("sharpness", "enhance", radius=1, draws=(Draw("sharpness", "uniform", "sharpness", neutral=1.0),),
+            imgaug=lambda iaa, spec: iaa.pillike.EnhanceSharpness(spec.sharpness))
+def _sharpness(y, f, keys):
+    """ImageEnhance.Sharpness: degenerate = PIL's SMOOTH filter, (3x3 box sum + 4 * centre) / 13."""
+    centre = y[:, :, 1:-1, 1:-1]
+    ones = [1.0, 1.0, 1.0]
+    smooth = (_taps(_taps(y, ones, 2), ones, 3) + 4.0 * centre) * (1.0 / 13.0)
+    return smooth + f["sharpness"] * (centre - smooth)
+
+
+_check_streams()
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(ops: tuple[TextureOp, ...]):
+    """Where each op's factors and keys sit in the per-image ``factors [B, F]`` and
+    ``keys [B, K]``: ``({op name: {factor: column}}, {op name: (start, stop)}, {stage: ops})``."""
+    columns, words, col, word = {}, {}, 0, 0
+    for op in ops:
+        names = list(op.neutral_factors())
+        columns[op.name] = {k: col + i for i, k in enumerate(names)}
+        col += len(names)
+        words[op.name] = (word, word + op.words)
+        word += op.words
+    return columns, words, {s: tuple(op for op in ops if op.stage == s) for s in STAGES}
+
+
+def _texture_factors(p, spec: PortraitNetAugmentation, ops):
+    """Per-image factors ``[B, F]`` (:func:`_layout`'s columns) of the gated texture ops:
+    each op's own when its coin says yes, else the values that leave the image as it is."""
+    cols = []
+    for op in ops:
+        values = op.factor_values(p, spec)
+        for name, neutral in op.neutral_factors().items():
+            cols.append(tf.cast(tf.where(p[op.coin.name], values[name], neutral), tf.float32))
+    if not cols:
+        return tf.zeros(tf.concat([tf.shape(p["flip"]), [0]], 0), tf.float32)
+    return tf.stack(cols, axis=-1)
+
+
+def _active(op, f):
+    if op.active is not None:
+        return op.active(f)
+    tests = [tf.not_equal(f[k], v) for k, v in op.neutral_factors().items()]
+    return functools.reduce(tf.logical_or, tests)
+
+
+def _texture_one(x, keys, f, ops):
+    """The ``filter`` and ``enhance`` stages on one image: ``x`` planar float32
+    ``[1, 3, h + 2m, w + 2m]`` (the warped photo with an m-pixel margin, m = the stages'
+    reach), ``keys [K]``, ``f [F]`` its factors (:func:`_texture_factors`). Returns the
+    filtered, clipped and enhanced centre ``z [3, h, w]`` and the mean grey before the
+    enhancement (the contrast's degenerate).
+
+    An op that is not active is skipped (XLA conditionals): this is why a batch loops over
+    its images rather than gating every op arithmetically. The filter ops (noise, blur)
+    share one 2^n-way branch: XLA turns a conditional whose branches are all cheap into a
+    select of both, and the noise's logarithm in half of the branches keeps this one a
+    branch. The clip follows the filters (a warped photo none touched is in [0, 255])."""
+    columns, words, stage = _layout(ops)
+    shape = [int(d) for d in x.shape[1:]]
+    fs = {op.name: {k: f[i] for k, i in columns[op.name].items()} for op in ops if op.stage in ("filter", "enhance")}
+    ks = {op.name: keys[words[op.name][0]:words[op.name][1]] for op in ops if op.stage in ("filter", "enhance")}
+
+    def crop(v, r):
+        return v[:, :, r:-r, r:-r] if r else v
+
+    filters = stage["filter"]
+    reach = sum(op.radius for op in filters)
+
+    def branch(subset):
+        def run():
+            y = x
+            for op in subset:
+                y = op.apply(y, fs[op.name], ks[op.name])
+            y = crop(y, reach - sum(op.radius for op in subset))
+            return tf.clip_by_value(y, 0.0, 255.0) if subset else y
+        return run
+
+    n = len(filters)
+    which = None
+    for j, op in enumerate(filters):
+        bit = tf.cast(_active(op, fs[op.name]), tf.int32)
+        term = bit if j == n - 1 else 2 ** (n - 1 - j) * bit
+        which = term if which is None else which + term
+    if n:
+        y = tf.switch_case(which, [branch([op for j, op in enumerate(filters) if i >> (n - 1 - j) & 1])
+                                   for i in range(2 ** n)])
+    else:
+        y = x
+    y.set_shape([1, shape[0], shape[1] - 2 * reach, shape[2] - 2 * reach])
+    mean = tf.reduce_mean(_grey(crop(y, sum(op.radius for op in stage["enhance"]))))
+    for op in stage["enhance"]:
+        y = tf.cond(_active(op, fs[op.name]), lambda y=y, op=op: op.apply(y, fs[op.name], ks[op.name]),
+                    lambda y=y, op=op: crop(y, op.radius))
+    return y[0], mean
+
+
+def _texture_planar(x, keys, factors, ops):
+    """PortraitNet's texture changes (and any registered op) on a batch: ``x`` planar
+    float32 ``[B, 3, h + 2m, w + 2m]`` (photos with a margin), ``keys [B, K]``,
+    ``factors [B, F]`` from :func:`_texture_factors`; returns NHWC ``[B, h, w, 3]``. Order
+    as in the spec: noise, blur, clip, colour, brightness, contrast, sharpness, clip; then
+    the ``pixel`` ops.
+
+    The filter and enhance ops (noise, blur, sharpness) run in a loop over the images
+    (:func:`_texture_one`). The affine ops (colour, brightness, contrast) are linear per
+    image and so commute with the (linear) smoothing of the sharpness op: they are applied
+    after it, as affine maps per image (the same result as applying them in turn), in the
+    batched pass that also interleaves the channels."""
+    z, mean = tf.map_fn(lambda a: _texture_one(a[0][None], a[1], a[2], ops), (x, keys, factors),
+                        fn_output_signature=(tf.float32, tf.float32))
+    columns, words, stage = _layout(ops)
+
+    def batched(op):
+        return {k: tf.reshape(factors[:, i], [-1, 1, 1, 1]) for k, i in columns[op.name].items()}
+
+    m = tf.reshape(mean, [-1, 1, 1, 1])
+    for op in stage["affine"]:
+        z, m = op.apply(z, m, batched(op))
+    out = tf.clip_by_value(z, 0.0, 255.0)
+    for op in stage["pixel"]:
+        out = tf.clip_by_value(op.apply(out, batched(op), keys[:, words[op.name][0]:words[op.name][1]]), 0.0, 255.0)
+    return tf.transpose(out, [0, 2, 3, 1])
+
+
+def _per_image(seeds, spec: PortraitNetAugmentation, canvas_hw, out_hw, ops):
     """Everything random about a batch (a function of its own, apart from the pixel work:
     inside it, XLA would fuse these few numbers per image into every pixel): the canvas
-    transforms ``[B, 6]``, the noise keys ``[B, 2]``, the texture factors ``[B, 7]`` and
+    transforms ``[B, 6]``, the random keys ``[B, K]``, the texture factors ``[B, F]`` and
     the gather index ``[B, h + 6, w + 6]``."""
-    p, keys = _draw(spec, seeds)
+    p, keys = _draw(spec, seeds, ops)
     coeffs = _affine_to_input(p, canvas_hw, out_hw)[:, :6]
-    return coeffs, keys, _texture_factors(p, spec), _gather_index(coeffs, canvas_hw, out_hw, MARGIN)
+    return coeffs, keys, _texture_factors(p, spec, ops), _gather_index(coeffs, canvas_hw, out_hw, MARGIN)
 
 
-def _augment_core(canvas, coeffs, keys, factors, index, out_hw, two_views):
+def _augment_core(canvas, coeffs, keys, factors, index, out_hw, two_views, ops):
     plain, label = _warp(canvas, index, coeffs, out_hw, MARGIN)
-    textured = _texture_planar(plain, keys, factors)
+    textured = _texture_planar(plain, keys, factors, ops)
     if two_views:
         plain = tf.transpose(plain[:, :, MARGIN:-MARGIN, MARGIN:-MARGIN], [0, 2, 3, 1])
         return textured, plain, label
@@ -551,15 +928,16 @@ def _augment_core(canvas, coeffs, keys, factors, index, out_hw, two_views):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_per_image(spec: PortraitNetAugmentation, canvas_hw: tuple[int, int], out_hw: tuple[int, int]):
+def _compiled_per_image(spec: PortraitNetAugmentation, canvas_hw: tuple[int, int], out_hw: tuple[int, int],
+                        ops: tuple[TextureOp, ...]):
     # compiled too: a few hundred tiny ops, which XLA runs in one go
-    return tf.function(functools.partial(_per_image, spec=spec, canvas_hw=canvas_hw, out_hw=out_hw),
+    return tf.function(functools.partial(_per_image, spec=spec, canvas_hw=canvas_hw, out_hw=out_hw, ops=ops),
                        jit_compile=True, autograph=False)
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_core(out_hw: tuple[int, int], two_views: bool):
-    return tf.function(functools.partial(_augment_core, out_hw=out_hw, two_views=two_views),
+def _compiled_core(out_hw: tuple[int, int], two_views: bool, ops: tuple[TextureOp, ...]):
+    return tf.function(functools.partial(_augment_core, out_hw=out_hw, two_views=two_views, ops=ops),
                        jit_compile=True, autograph=False)
 
 
@@ -570,13 +948,15 @@ def augment_batch(canvas, seeds, out_hw, spec: PortraitNetAugmentation, two_view
     Returns ``(image float32 [B, h, w, 3] in [0, 255], label uint8 [B, h, w])`` or, with
     ``two_views``, ``(textured, plain, label)`` sharing the same geometry (PortraitNet's
     consistency loss). The pixel work is one XLA-compiled function per ``(out_hw,
-    two_views)`` and batch shape; example ``i`` depends only on ``canvas[i]`` and ``seeds[i]``.
+    two_views)``, batch shape and set of registered texture ops; example ``i`` depends only
+    on ``canvas[i]`` and ``seeds[i]``.
     """
     out_hw = (int(out_hw[0]), int(out_hw[1]))
+    ops = texture_ops()
     canvas = tf.convert_to_tensor(canvas, tf.int32)
     canvas_hw = (int(canvas.shape[1]) - 2 * RING, int(canvas.shape[2]) - 2 * RING)
-    per_image = _compiled_per_image(spec, canvas_hw, out_hw)(tf.convert_to_tensor(seeds, tf.int64))
-    return _compiled_core(out_hw, bool(two_views))(canvas, *per_image)
+    per_image = _compiled_per_image(spec, canvas_hw, out_hw, ops)(tf.convert_to_tensor(seeds, tf.int64))
+    return _compiled_core(out_hw, bool(two_views), ops)(canvas, *per_image)
 
 
 def augment_example(image, label, seed, out_hw, spec: PortraitNetAugmentation, two_views: bool = False):
@@ -596,39 +976,45 @@ def augment_example(image, label, seed, out_hw, spec: PortraitNetAugmentation, t
     return tuple(o[0] for o in outs)
 
 
-def _params_or_neutral(params):
-    """Batch-of-one parameters for :func:`texture_transform`; missing ones leave the image alone."""
+_DTYPES = {"coin": tf.bool, "uniform": tf.float32, "choice": tf.int32}
+
+
+def _params_or_neutral(params, ops):
+    """Batch-of-one parameters for :func:`texture_transform`; missing ones leave the image
+    alone (coins: off; parameters: their draw's neutral value)."""
     def get(name, default, dtype):
         return tf.reshape(tf.cast(params.get(name, default), dtype), [1])
 
-    p = {f"apply_{n}": get(f"apply_{n}", False, tf.bool) for n in TEXTURE_OPS}
-    p["blur_kernel"] = get("blur_kernel", 3, tf.int32)
-    for n in ("color", "brightness", "contrast", "sharpness"):
-        p[n] = get(n, 1.0, tf.float32)
+    p = {op.coin.name: get(op.coin.name, False, tf.bool) for op in ops}
+    for d in (d for op in ops for d in op.draws if d.kind != "bits"):
+        p[d.name] = get(d.name, d.neutral, _DTYPES[d.kind])
     p["noise_seed"] = tf.reshape(tf.cast(params.get("noise_seed", [0, 0]), tf.int64), [1, 2])
     return p
 
 
-def _texture_core(image, keys, factors):
+def _texture_core(image, keys, factors, ops):
     h, w = int(image.shape[0]), int(image.shape[1])
     x = tf.pad(tf.transpose(image, [2, 0, 1])[None], [[0, 0], [0, 0], [MARGIN] * 2, [MARGIN] * 2],
                mode="SYMMETRIC")
     x.set_shape([1, 3, h + 2 * MARGIN, w + 2 * MARGIN])
-    return _texture_planar(x, keys, factors)[0]
+    return _texture_planar(x, keys, factors, ops)[0]
 
 
-_compiled_texture = tf.function(_texture_core, jit_compile=True, autograph=False)
+@functools.lru_cache(maxsize=None)
+def _compiled_texture(ops: tuple[TextureOp, ...]):
+    return tf.function(functools.partial(_texture_core, ops=ops), jit_compile=True, autograph=False)
 
 
 def texture_transform(image, params, spec: PortraitNetAugmentation):
-    """PortraitNet's texture changes on one float32 photo ``[H, W, 3]`` in [0, 255] (order:
-    noise, blur, colour, brightness, contrast, sharpness; each gated by its ``apply_*``
-    flag, a missing flag meaning off), with the borders padded symmetrically: the same
-    computation :func:`augment_batch` runs on its warped batches (which read a warped
-    margin instead of padding)."""
-    p = _params_or_neutral(params)
-    keys = _draw(spec, p["noise_seed"])[1]
-    return _compiled_texture(tf.convert_to_tensor(image, tf.float32), keys, _texture_factors(p, spec))
+    """The registered texture ops (PortraitNet's: noise, blur, colour, brightness, contrast,
+    sharpness) on one float32 photo ``[H, W, 3]`` in [0, 255], each gated by its
+    ``apply_<op>`` flag (a missing flag meaning off), with the borders padded symmetrically:
+    the same computation :func:`augment_batch` runs on its warped batches (which read a
+    warped margin instead of padding)."""
+    ops = texture_ops()
+    p = _params_or_neutral(params, ops)
+    keys = _draw(spec, p["noise_seed"], ops)[1]
+    return _compiled_texture(ops)(tf.convert_to_tensor(image, tf.float32), keys, _texture_factors(p, spec, ops))
 
 
 def resize_example(image, label, out_hw):

@@ -1,8 +1,11 @@
 """Backend ``imgaug`` of PortraitNet's augmentation (the original Keras SINet recipe's library).
 
 The same :class:`~sinet_tf.data.augment.PortraitNetAugmentation` spec expressed with imgaug
-augmenters, run through ``tf.numpy_function``. imgaug 0.4.0 only imports with ``numpy<2``:
-install the extra in its own environment, ``pip install ".[imgaug]"``.
+augmenters, run through ``tf.numpy_function``: the geometry here, the texture ops from their
+registry entries (:class:`~sinet_tf.data.augment.TextureOp`, each its ``imgaug`` form inside
+``iaa.Sometimes`` of its probability, in registration order). An op without an imgaug form
+is refused unless its probability is 0. imgaug 0.4.0 only imports with ``numpy<2``: install
+the extra in its own environment, ``pip install ".[imgaug]"``.
 """
 
 from __future__ import annotations
@@ -10,12 +13,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from sinet_tf.data.augment import PortraitNetAugmentation
+from sinet_tf.data.augment import PortraitNetAugmentation, texture_ops
 
 __all__ = ["import_imgaug", "build_augmenters", "augment_numpy", "imgaug_map_fn"]
-
-# The Gaussian with the variance of OpenCV's k-tap binomial kernel ((k - 1) / 4).
-_BLUR_SIGMA = {3: 0.5 ** 0.5, 5: 1.0}
 
 
 def import_imgaug():
@@ -30,24 +30,30 @@ def import_imgaug():
     return iaa
 
 
+def _texture_ops(spec: PortraitNetAugmentation):
+    """The registered texture ops with an imgaug form; raises for one without that can apply."""
+    ops = []
+    for op in texture_ops():
+        if op.imgaug is not None:
+            ops.append(op)
+        elif op.probability(spec) > 0:
+            field = f" ({op.prob}={op.probability(spec)})" if isinstance(op.prob, str) else ""
+            raise ValueError(f"texture op {op.name!r} has no imgaug implementation and may apply{field}: "
+                             "use backend='tf'")
+    return ops
+
+
 def build_augmenters(spec: PortraitNetAugmentation):
     """``(geometric, texture)`` imgaug augmenters for ``spec``."""
+    ops = _texture_ops(spec)
     iaa = import_imgaug()
-    p = spec.texture_prob
     geometric = iaa.Sequential([
         iaa.Fliplr(spec.flip_prob),
         iaa.Affine(scale=spec.scale, rotate=spec.rotation_deg,
                    translate_percent={"x": spec.translate, "y": spec.translate},
                    order=1, cval=spec.image_fill, mode="constant"),
     ])
-    texture = iaa.Sequential([
-        iaa.Sometimes(p, iaa.AdditiveGaussianNoise(scale=spec.noise_sigma)),
-        iaa.Sometimes(p, iaa.GaussianBlur(sigma=[_BLUR_SIGMA[k] for k in spec.blur_kernels])),
-        iaa.Sometimes(p, iaa.pillike.EnhanceColor(spec.color)),
-        iaa.Sometimes(p, iaa.pillike.EnhanceBrightness(spec.brightness)),
-        iaa.Sometimes(p, iaa.pillike.EnhanceContrast(spec.contrast)),
-        iaa.Sometimes(p, iaa.pillike.EnhanceSharpness(spec.sharpness)),
-    ])
+    texture = iaa.Sequential([iaa.Sometimes(op.probability(spec), op.imgaug(iaa, spec)) for op in ops])
     return geometric, texture
 
 
@@ -76,7 +82,8 @@ def imgaug_map_fn(spec: PortraitNetAugmentation, out_hw, two_views=False):
     """A ``tf.data`` map function ``(image, label, seed[2]) -> (image, [plain,] label)``."""
     import tensorflow as tf
 
-    import_imgaug()  # fail early, with the install hint
+    _texture_ops(spec)  # fail early: an op without an imgaug form,
+    import_imgaug()  # or no imgaug (with the install hint)
     h, w = int(out_hw[0]), int(out_hw[1])
 
     def _np(image, label, seed):

@@ -1,5 +1,6 @@
-"""File dataset readers that survive real-world data: layout detection, decoding of every
-usual mask encoding, validation with a report, and clear errors.
+"""File dataset readers that survive real-world data: layout detection (the layouts live in
+:mod:`sinet_tf.data.layouts`), decoding of every usual mask encoding, validation with a
+report, and clear errors.
 
 Entry points
 ------------
@@ -8,22 +9,12 @@ validate=True) -> FileDataset`` and ``check_dataset(...) -> DataReport``.
 
 Layouts (recorded in ``FileDataset.layout``)
 --------------------------------------------
-``"folders"``   image + mask sub-folders matched by file stem (``images/``+``masks/``,
-                ``Images/``+``Labels/``, ``img/``+``mask/``, ``image/``+``label/``,
-                ``JPEGImages/``+``SegmentationClass/``; case-insensitive, searched
-                recursively). With ``split``: ``images/<split>/``+``masks/<split>/`` or
-                ``<split>/images/``+``<split>/masks/``.
-``"list"``      a list file of ``image mask`` pairs (paths relative to the list file's
-                folder; blank lines and ``#`` comments ignored): ``source`` is the file, or
-                a folder plus ``split`` (``<split>.txt``).
-``"eg1800"``    EG1800 / PortraitNet: ``Images/``, ``Labels/`` and ``eg1800_train.txt`` /
-                ``eg1800_test.txt`` holding image names only (``split="val"`` reads the
-                test list); the label is the same stem in ``Labels/`` (``.png`` preferred).
-``"mattes"``    a separate alpha-matte folder (``matting/``, ``alpha/``, ``mattes/``)
-                beside ``clip_img/`` or ``images/`` (AISegment style), matched by stem;
-                RGBA matte files use their alpha channel.
-``"rgba"``      a folder of RGBA PNGs (directly, or in ``images/`` / ``clip_img/``) whose
-                alpha channel is the matte.
+Tried in this order, the first that matches wins; the list below is generated from the
+registry in :mod:`sinet_tf.data.layouts`, where a new layout is one class and one
+``@register``:
+
+{layouts}
+
 Mattes are binarised as person = alpha >= 128 (0.5).
 
 Mask encodings
@@ -56,76 +47,38 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from sinet_tf.data import layouts as _layouts
 from sinet_tf.data.base import BINARY_CLASSES, IGNORE_INDEX, SegmentationSource
-from sinet_tf.io import IMAGE_SUFFIXES, apply_exif_orientation, exif_orientation
+# the records and the layout constants, re-exported: they used to live here
+from sinet_tf.data.layouts import (MASK_FOLDER_PAIRS, MATTE_FOLDERS, MATTE_IMAGE_FOLDERS, SPLITS,  # noqa: F401
+                                   DataError, Problem, Sample, _structural)
+from sinet_tf.data.layouts import scan as _scan
+from sinet_tf.files import apply_exif_orientation, exif_orientation
 
 __all__ = ["load_dataset", "check_dataset", "FileDataset", "Sample", "Problem", "DataReport",
            "DataError", "LAYOUTS"]
 
+if __doc__:  # the layouts section of the module docstring, from the registry
+    __doc__ = __doc__.replace("{layouts}", _layouts.describe())
+
 log = logging.getLogger("sinet_tf.data")
 
-LAYOUTS = ("folders", "list", "eg1800", "mattes", "rgba")
 
-# (image folder, mask folder) names, matched case-insensitively
-MASK_FOLDER_PAIRS = (("images", "masks"), ("images", "labels"), ("img", "mask"), ("image", "label"),
-                     ("jpegimages", "segmentationclass"), ("imgs", "masks"))
-MATTE_IMAGE_FOLDERS = ("clip_img", "images", "image", "img")
-MATTE_FOLDERS = ("matting", "alpha", "mattes")
-SPLITS = ("train", "val", "test")
-_LIST_SUFFIXES = (".txt", ".lst", ".list")
+def __getattr__(name: str):
+    # LAYOUTS: the registered layout names in priority order, read from the registry on
+    # each access (PEP 562), so a layout registered later is listed too
+    if name == "LAYOUTS":
+        return _layouts.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 _MAX_LISTED = 5  # files named in skip warnings
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One pair: ``image`` and its ``mask`` (``None`` when the matte is the image's alpha
-    channel); ``matte`` says the mask is an alpha matte (person = alpha >= 128)."""
-
-    image: Path
-    mask: Path | None
-    matte: bool = False
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A problem found in a dataset: ``kind`` (e.g. ``"unreadable_image"``,
-    ``"missing_mask"``, ``"unexpected_mask_values"``), the ``path`` concerned and a
-    human-readable ``message``."""
-
-    kind: str
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class DataError(ValueError):
-    """A dataset cannot be used as is. ``problems`` holds the problem(s); ``structural``
-    is True for problems that concern the dataset as a whole (unknown layout, empty
-    dataset, missing or malformed list file), which ``on_error="skip"`` cannot skip."""
-
-    def __init__(self, message: str, problems: Sequence[Problem] = (), structural: bool = False):
-        super().__init__(message)
-        self.problems = list(problems)
-        self.structural = structural
-
-
-def _structural(kind: str, path, message: str) -> DataError:
-    return DataError(message, [Problem(kind, str(path), message)], structural=True)
 
 
 # --------------------------------------------------------------------------- report
@@ -312,7 +265,7 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
-# EXIF orientation: one implementation, shared with sinet_tf.io.read_rgb (photos for `sinet predict`)
+# EXIF orientation: one implementation, shared with sinet_tf.files.read_rgb (photos for `sinet predict`)
 _exif_orientation = exif_orientation
 _orient = apply_exif_orientation
 
@@ -535,236 +488,6 @@ class FileDataset(SegmentationSource):
 def _raise_message(p: Problem) -> str:
     return (f"{p.path}: {p.message}. To drop bad samples and continue, use on_error=\"skip\" "
             f"(command line: --skip-bad); `sinet data check` lists every problem")
-
-
-# --------------------------------------------------------------------------- layout detection
-
-
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-
-
-def _subdir(parent: Path, name: str) -> Path | None:
-    """Case-insensitive child folder lookup."""
-    if not parent.is_dir():
-        return None
-    exact = parent / name
-    if exact.is_dir():
-        return exact
-    for child in parent.iterdir():
-        if child.is_dir() and child.name.lower() == name.lower():
-            return child
-    return None
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if _is_image(p) and not any(
-        part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def _find_folder_pair(base: Path, split: str | None = None):
-    """(image folder, mask folder, matte?) under ``base`` (with ``split``: also
-    ``<img>/<split>`` + ``<mask>/<split>``), or None."""
-    candidates = [(i, m, False) for i, m in MASK_FOLDER_PAIRS] + \
-                 [(i, m, True) for m in MATTE_FOLDERS for i in MATTE_IMAGE_FOLDERS]
-    for img_name, mask_name, matte in candidates:
-        img, mask = _subdir(base, img_name), _subdir(base, mask_name)
-        if img is None or mask is None:
-            continue
-        if split is None:
-            return img, mask, matte
-        img_s, mask_s = _subdir(img, split), _subdir(mask, split)
-        if img_s is not None and mask_s is not None:
-            return img_s, mask_s, matte
-    return None
-
-
-def _pair_by_stem(img_dir: Path, mask_dir: Path, matte: bool):
-    """Samples and scan problems (missing partners, duplicate stems)."""
-    problems: list[Problem] = []
-    images, masks = _files(img_dir), _files(mask_dir)
-
-    def by_stem(files, role):
-        groups: dict[str, list[Path]] = {}
-        for f in files:
-            groups.setdefault(f.stem, []).append(f)
-        unique = {}
-        for stem, group in groups.items():
-            if len(group) > 1:
-                for f in group:
-                    others = ", ".join(str(g) for g in group if g != f)
-                    problems.append(Problem("duplicate_stem", str(f),
-                                            f"duplicate {role} stem {stem!r} (also {others}): cannot tell "
-                                            "which file pairs with which"))
-            else:
-                unique[stem] = group[0]
-        return unique, set(groups)
-
-    img_map, img_stems = by_stem(images, "image")
-    mask_map, mask_stems = by_stem(masks, "mask")
-    samples = []
-    for stem, img in img_map.items():
-        if stem in mask_map:
-            samples.append(Sample(img, mask_map[stem], matte))
-        elif stem not in mask_stems:
-            problems.append(Problem("missing_mask", str(img),
-                                    f"image without a {'matte' if matte else 'mask'}: no file named "
-                                    f"{stem}.* in {mask_dir}"))
-    for stem, mask in mask_map.items():
-        if stem not in img_stems:
-            problems.append(Problem("missing_image", str(mask),
-                                    f"{'matte' if matte else 'mask'} without an image: no file named "
-                                    f"{stem}.* in {img_dir}"))
-    return sorted(samples, key=lambda s: str(s.image)), problems, len(images) + len(masks)
-
-
-def _parse_list(list_file: Path):
-    """Samples from a list file (``image mask`` pairs, or EG1800 names); returns
-    (samples, problems, layout)."""
-    if not list_file.is_file():
-        raise _structural("missing_list", list_file, f"list file not found: {list_file}")
-    base = list_file.parent
-    try:
-        text = list_file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise _structural("bad_list", list_file, f"{list_file}: cannot read the list file: {e}") from None
-    samples: list[Sample] = []
-    problems: list[Problem] = []
-    seen: set[Path] = set()
-    layout = None
-    eg_images, eg_labels = _subdir(base, "Images"), _subdir(base, "Labels")
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) == 2:
-            image, mask = base / parts[0], base / parts[1]
-            kind = "list"
-        elif len(parts) == 1 and eg_images is not None and eg_labels is not None:
-            kind = "eg1800"
-            image = base / parts[0] if (base / parts[0]).is_file() else eg_images / parts[0]
-            stem = Path(parts[0]).stem
-            mask = eg_labels / f"{stem}.png"
-            if not mask.is_file():
-                alts = sorted(p for p in eg_labels.glob(f"{stem}.*") if _is_image(p))
-                if alts:
-                    mask = alts[0]
-        else:
-            hint = ("; a list of image names only needs Images/ and Labels/ folders beside it (EG1800)"
-                    if len(parts) == 1 else "")
-            raise _structural("bad_list", list_file,
-                              f"{list_file}:{lineno}: expected 'image mask' (two whitespace-separated "
-                              f"paths), got {len(parts)} field(s): {line!r}{hint}")
-        if layout is not None and kind != layout:
-            raise _structural("bad_list", list_file,
-                              f"{list_file}:{lineno}: mixes 'image mask' lines and image-name-only lines")
-        layout = kind
-        if image in seen:
-            problems.append(Problem("duplicate_stem", str(image),
-                                    f"listed more than once in {list_file.name} (line {lineno})"))
-            continue
-        seen.add(image)
-        missing = [(role, p) for role, p in (("image", image), ("mask", mask)) if not p.is_file()]
-        if missing:
-            for role, p in missing:
-                partner = mask if role == "image" else image
-                problems.append(Problem(f"missing_{role}", str(p),
-                                        f"{role} listed in {list_file.name} (line {lineno}) does not exist"
-                                        f" (partner: {partner})"))
-            continue
-        in_matte_dir = mask.is_relative_to(base) and any(
-            part.lower() in MATTE_FOLDERS for part in mask.relative_to(base).parts[:-1])
-        samples.append(Sample(image, mask, in_matte_dir))
-    if layout is None:
-        raise _structural("empty_dataset", list_file, f"{list_file}: the list file names no pairs (empty dataset)")
-    return samples, problems, layout
-
-
-def _rgba_folder(root: Path) -> Path | None:
-    """Folder of RGBA PNGs (root itself, or images/ / clip_img/), checked on the first few."""
-    from PIL import Image
-
-    for folder in [root] + [d for d in (_subdir(root, n) for n in MATTE_IMAGE_FOLDERS) if d is not None]:
-        pngs = sorted(p for p in folder.iterdir() if _is_image(p) and p.suffix.lower() == ".png")[:5]
-        if not pngs:
-            continue
-        try:
-            with Image.open(pngs[0]) as im:
-                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                    return folder
-        except Exception:
-            continue
-    return None
-
-
-def _looked_for(split: str | None) -> str:
-    pairs = ", ".join(f"{i}/+{m}/" for i, m in MASK_FOLDER_PAIRS[:5])
-    mattes = f"{'/'.join(MATTE_IMAGE_FOLDERS[:2])}/ + {'/'.join(MATTE_FOLDERS)}/ (alpha mattes)"
-    if split:
-        return (f"{split}.txt (list of 'image mask' pairs); eg1800_{'test' if split == 'val' else split}.txt "
-                f"with Images/+Labels/ (EG1800); images/{split}/+masks/{split}/ or "
-                f"{split}/images/+{split}/masks/ (any of: {pairs}); {mattes} under {split}/")
-    return (f"image+mask folders ({pairs}; case-insensitive), {mattes}, a folder of RGBA PNGs "
-            "(alpha = matte), or a list file (pass the .txt, or the folder plus split=)")
-
-
-def _scan(source, split: str | None, mattes: bool = False):
-    """Find the layout: returns (root, layout, samples, scan problems)."""
-    src = Path(source)
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)} (or None), got {split!r}")
-    if not src.exists():
-        if src.suffix.lower() in _LIST_SUFFIXES:
-            raise _structural("missing_list", src, f"list file not found: {src}")
-        raise _structural("not_found", src, f"dataset not found: {src}")
-    if src.is_file():
-        if src.suffix.lower() in IMAGE_SUFFIXES:
-            raise _structural("unknown_layout", src,
-                              f"{src}: is an image; pass the dataset folder or a list file. Looked for: "
-                              + _looked_for(None))
-        samples, problems, layout = _parse_list(src)
-        return src.parent, layout, samples, problems
-    root = src
-    if not any(root.iterdir()):
-        raise _structural("empty_dataset", root, f"{root}: the folder is empty (empty dataset)")
-
-    def folders(found):
-        img, mask, matte = found
-        samples, problems, n = _pair_by_stem(img, mask, matte or mattes)
-        if n == 0:
-            raise _structural("empty_dataset", img,
-                              f"{img} and {mask} hold no image files ({', '.join(IMAGE_SUFFIXES)}): empty dataset")
-        return root, ("mattes" if matte else "folders"), samples, problems
-
-    if split is not None:
-        list_file = next((root / f"{split}{s}" for s in _LIST_SUFFIXES if (root / f"{split}{s}").is_file()), None)
-        if list_file is not None:
-            samples, problems, layout = _parse_list(list_file)
-            return root, layout, samples, problems
-        eg = root / f"eg1800_{'test' if split == 'val' else split}.txt"
-        if eg.is_file():
-            samples, problems, layout = _parse_list(eg)
-            return root, "eg1800", samples, problems
-        found = _find_folder_pair(root, split)
-        if found is None:
-            sub = _subdir(root, split)
-            found = _find_folder_pair(sub) if sub is not None else None
-        if found is not None:
-            return folders(found)
-        raise _structural("unknown_layout", root,
-                          f"{root}: no {split!r} split found. Looked for: {_looked_for(split)}")
-    found = _find_folder_pair(root)
-    if found is not None:
-        return folders(found)
-    rgba = _rgba_folder(root)
-    if rgba is not None:
-        files = _files(rgba) if rgba != root else sorted(p for p in root.iterdir() if _is_image(p))
-        return root, "rgba", [Sample(f, None, True) for f in files], []
-    lists = sorted(p.name for p in root.iterdir() if p.suffix.lower() in _LIST_SUFFIXES)
-    hint = f" Found list file(s) {', '.join(lists)}: pass split=... or the list file itself." if lists else ""
-    raise _structural("unknown_layout", root,
-                      f"{root}: unrecognised dataset layout. Looked for: {_looked_for(None)}.{hint}")
 
 
 # --------------------------------------------------------------------------- validation

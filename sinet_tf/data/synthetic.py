@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from sinet_tf.data.base import SegmentationSource
-from sinet_tf.io import write_atomic
+from sinet_tf.files import write_atomic
 
 __all__ = ["SyntheticPortraits", "write_synthetic_dataset", "render_portrait"]
 

@@ -1,271 +1,36 @@
-"""Export to ``.tflite`` (fp32 / fp16 / dynamic / full int8) with a JSON report, and the
-project's one GPU-delegate compatibility check.
+"""Export to ``.tflite``: conversion in four modes (:mod:`.quantize`, over the frozen graph of
+:mod:`.frozen`), the int8 rewrites (:mod:`.rewrite`), output heads (:mod:`.heads`), the
+GPU-delegate rules (:mod:`.gpu_compat`), MediaPipe metadata (:mod:`.metadata`) and the
+exporter that puts them together with a JSON report (:mod:`.exporter`).
 
-:func:`export_tflite` is what ``sinet export`` runs: fix the batch at 1, put the asked
-output head on top (:mod:`sinet_tf.export.heads`), convert (:mod:`sinet_tf.export.quantize`,
-int8 calibrated on real images through the dataset readers, after the numerically
-equivalent rewrites of :mod:`sinet_tf.export.rewrite`), reject files that break the
-rules (Flex/custom ops, variables, SHAPE, float islands in int8), check the GPU delegate's
-op rules, measure parity with the Keras model, optionally add MediaPipe-readable metadata,
-and write ``OUT.tflite`` and ``OUT.json`` atomically.
+Names are imported on first use, so ``sinet check-gpu`` (the GPU rules alone) starts
+without TensorFlow.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+import importlib
 
-import numpy as np
+_NAMES = {
+    "ExportReport": "exporter", "calibration_images": "exporter", "export_tflite": "exporter",
+    "load_export_source": "exporter",
+    "GpuReport": "gpu_compat", "OpVerdict": "gpu_compat", "check_gpu_compatibility": "gpu_compat",
+    "OUTPUT_HEADS": "heads", "with_output_head": "heads",
+    "ExportError": "quantize", "IO_TYPES": "quantize", "QUANTIZE_MODES": "quantize", "convert": "quantize",
+    "inspect_tflite": "quantize",
+    "convert_float32": "tflite", "with_fixed_batch": "tflite",
+}
 
-from sinet_tf.export.gpu_compat import GpuReport, OpVerdict, check_gpu_compatibility
-from sinet_tf.export.heads import OUTPUT_HEADS, person_probability_from_output, with_output_head
-from sinet_tf.export.quantize import IO_TYPES, QUANTIZE_MODES, ExportError, convert, inspect_tflite
-from sinet_tf.export.tflite import TFLiteRunner, convert_float32, with_fixed_batch, write_atomic
-
-__all__ = ["ExportError", "ExportReport", "GpuReport", "IO_TYPES", "OUTPUT_HEADS", "OpVerdict", "QUANTIZE_MODES",
-           "TFLiteRunner", "calibration_images", "check_gpu_compatibility", "convert_float32", "export_tflite",
-           "load_export_source", "with_fixed_batch", "write_atomic"]
-
-log = logging.getLogger("sinet_tf.export")
-
-EQUALIZATION_IMAGES = 32  # calibration images whose channel ranges int8 equalization uses
+__all__ = sorted(_NAMES)
 
 
-@dataclass
-class ExportReport:
-    output: str
-    model: str
-    quantize: str
-    io: str
-    head: str
-    size_bytes: int
-    ops: dict
-    inputs: list
-    outputs: list
-    parity: dict
-    convert_seconds: float
-    gpu: GpuReport
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def input_shape(self) -> list[int]:
-        return self.inputs[0]["shape"]
-
-    @property
-    def output_shape(self) -> list[int]:
-        return self.outputs[0]["shape"]
-
-    @property
-    def max_abs_diff_logits(self) -> float:  # the float32 logits comparison (kept for callers)
-        return self.parity["max_abs_diff_output"]
-
-    def to_dict(self) -> dict:
-        return {"output": self.output, "model": self.model, "quantize": self.quantize, "io": self.io,
-                "head": self.head, "size_bytes": self.size_bytes, "ops": self.ops,
-                "inputs": self.inputs, "outputs": self.outputs, "parity": self.parity,
-                "convert_seconds": round(self.convert_seconds, 2), "gpu_delegate": self.gpu.to_dict(),
-                **self.extra}
-
-    def summary(self) -> str:
-        p = self.parity
-        lines = [f"{self.output}: {self.quantize} ({self.io} I/O, {self.head} head), "
-                 f"{self.size_bytes / 1024:.0f} KiB, input {self.input_shape} {self.inputs[0]['dtype']}, "
-                 f"output {self.output_shape} {self.outputs[0]['dtype']}, converted in {self.convert_seconds:.1f} s",
-                 f"parity on {p['n_images']} {p['images']}: max |TFLite - Keras| output {p['max_abs_diff_output']:.3g}, "
-                 f"person probability {p['max_abs_diff_probability']:.3g}"]
-        if "person_iou_tflite" in p:
-            lines.append(f"person IoU at the model's input size: Keras {p['person_iou_keras']:.4f}, "
-                         f"TFLite {p['person_iou_tflite']:.4f} (difference {p['person_iou_difference']:+.4f})")
-        lines.append(self.gpu.summary())
-        return "\n".join(lines)
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    globals()[name] = value
+    return value
 
 
-def load_export_source(source, weights=None, input_size=None):
-    """A Keras model from a ``.keras`` file or a registry name (+ optional checkpoint),
-    at ``input_size`` (H, W) when given."""
-    from sinet_tf.inference import load_model
-
-    return load_model(source, weights, input_size=input_size)
-
-
-def calibration_images(data, split: str | None, input_size: tuple[int, int], count: int, seed: int = 0):
-    """``count`` images of ``data`` (a dataset path or ``synthetic[:N]``) through the
-    deployment preprocessing (:func:`sinet_tf.inference.resize_to_input`), with their
-    labels resized (nearest) to the input size. No augmentation."""
-    from sinet_tf.inference import resize_to_input
-    from sinet_tf.train.trainer import open_source
-
-    source = open_source(str(data), split, seed=seed, size=tuple(input_size))
-    if count < 1:
-        raise ExportError(f"the number of calibration images must be at least 1, got {count}")
-    if len(source) < count:
-        raise ExportError(f"calibration data {data} (split {split}) has {len(source)} images; "
-                          f"{count} were asked (--num-calibration)")
-    images, labels = [], []
-    for i in range(count):
-        image, label = source.read(i)
-        images.append(resize_to_input(image, input_size))
-        labels.append(resize_to_input(label, input_size, nearest=True))
-    return np.stack(images), np.stack(labels)
-
-
-def _representative(images: np.ndarray):
-    """The converter's calibration generator. The first image is repeated once with its
-    top row black and bottom row white, so the input's calibrated range is exactly
-    [0, 255]: an int8/uint8 input then has scale 1 (uint8 zero point 0, int8 -128), and
-    a phone feeds camera bytes as they are."""
-    pinned = images[0].copy()
-    pinned[0], pinned[-1] = 0.0, 255.0
-
-    def gen():
-        yield [pinned[None].astype(np.float32)]
-        for im in images:
-            yield [im[None].astype(np.float32)]
-
-    return gen
-
-
-def _person_iou(prob: np.ndarray, labels: np.ndarray, ignore: int = 255) -> float:
-    """Person IoU per image (prediction prob > 0.5, :func:`sinet_tf.metrics.person_iou`),
-    averaged; labels {0, 1, ignore}. A probability map smaller than its labels (an encoder's
-    1/8 output) is bilinearly resized to the labels' size first."""
-    import cv2
-
-    from sinet_tf.metrics import person_iou
-
-    ious = []
-    for p, y in zip(prob, labels):
-        if p.shape != y.shape:
-            p = cv2.resize(np.asarray(p, np.float32), (y.shape[1], y.shape[0]), interpolation=cv2.INTER_LINEAR)
-        ious.append(float(person_iou((p > 0.5).astype(np.uint8), y, ignore)[0]))
-    return float(np.mean(ious))
-
-
-def _parity(model, runner, head, images, labels) -> dict:
-    """Keras (same head) against TFLite on the given images."""
-    import tensorflow as tf
-
-    fn = tf.function(lambda x: model(x, training=False))
-    diffs, pdiffs, p_keras, p_lite = [], [], [], []
-    for x in images:
-        y_k = np.asarray(fn(x[None]), dtype=np.float32)
-        y_l = runner(x[None])
-        diffs.append(float(np.abs(y_k - y_l).max()))
-        pk, pl = person_probability_from_output(y_k, head)[0], person_probability_from_output(y_l, head)[0]
-        pdiffs.append(float(np.abs(pk - pl).max()))
-        p_keras.append(pk)
-        p_lite.append(pl)
-    out = {"n_images": len(images), "max_abs_diff_output": max(diffs), "max_abs_diff_probability": max(pdiffs),
-           "mean_abs_diff_probability": float(np.mean([np.abs(a - b).mean() for a, b in zip(p_keras, p_lite)]))}
-    if labels is not None:
-        k, t = _person_iou(np.stack(p_keras), labels), _person_iou(np.stack(p_lite), labels)
-        out.update(person_iou_keras=round(k, 5), person_iou_tflite=round(t, 5), person_iou_difference=round(t - k, 5))
-    return out
-
-
-def export_tflite(source, output, weights=None, quantize: str = "none", io: str = "float32",
-                  head: str = "logits", calibration_data=None, calibration_split: str | None = "train",
-                  num_calibration: int = 200, parity_data=None, parity_split: str | None = "val",
-                  num_parity: int = 50, metadata: bool = False, input_size=None, seed: int = 0,
-                  int8_ranges: str = "minmax", equalize: bool = True) -> ExportReport:
-    """Export ``source`` (a Keras model, ``.keras`` file, or registry name + ``weights``)
-    to ``output`` (``.tflite``) and write ``<output>.json`` beside it.
-
-    int8: the model is first rewritten for int8 (:func:`sinet_tf.export.rewrite.int8_friendly`,
-    with per-channel range equalization on the first calibration images when ``equalize``),
-    and activation ranges come from the calibration images as ``int8_ranges`` says
-    (:func:`sinet_tf.export.quantize.convert`). On humanseg290 val (200 calibration photos,
-    probabilities head) the default, min/max with equalization, kept both official models
-    within 0.01 person IoU of Keras (SINet +0.0078, ExtremeC3Net -0.0095); averaged ranges
-    gave SINet +0.0094 but ExtremeC3Net -0.0231, and min/max without equalization SINet
-    +0.0159, ExtremeC3Net -0.0133.
-
-    Parity with the Keras model is measured on ``parity_data`` (default: the calibration
-    images; without either, seeded uniform noise), as max |difference| of the output and
-    of the person probability, and person IoU of both when labels exist. Existing files
-    are replaced only once the new ones are complete.
-    """
-    output = Path(output)
-    if output.suffix != ".tflite":
-        raise ExportError(f"{output}: the output must be a .tflite file")
-    if quantize not in QUANTIZE_MODES:
-        raise ExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
-    if quantize == "int8" and calibration_data is None:
-        raise ExportError("int8 quantization needs calibration images: give --calibration-data SRC "
-                          "(a dataset folder/list file, or synthetic[:N])")
-    if io != "float32" and quantize != "int8":
-        raise ExportError(f"--io {io} needs --quantize int8; a {quantize} model takes and returns float32")
-    if head not in OUTPUT_HEADS:
-        raise ExportError(f"unknown output head {head!r}; choose one of {', '.join(OUTPUT_HEADS)}")
-    if isinstance(source, (str, os.PathLike)):
-        model = load_export_source(source, weights, input_size=input_size)
-    else:
-        model = source
-    model = with_output_head(with_fixed_batch(model, 1), head)
-    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
-
-    images = labels = None
-    if calibration_data is not None:
-        images, labels = calibration_images(calibration_data, calibration_split, size, num_calibration, seed)
-    t0 = time.perf_counter()
-    if quantize == "int8":
-        from sinet_tf.export.rewrite import int8_friendly
-
-        friendly = int8_friendly(model, images=images[:EQUALIZATION_IMAGES] if equalize else None)
-        data = convert(friendly, quantize, io, _representative(images), ranges=int8_ranges)
-    else:
-        data = convert(model, quantize, io)
-    seconds = time.perf_counter() - t0
-    contents = inspect_tflite(data, quantize)
-    if contents.problems:
-        raise ExportError(f"{output}: the converted model breaks the export rules:\n  - "
-                          + "\n  - ".join(contents.problems))
-    _check_io_scale(contents, io)
-
-    if parity_data is not None:
-        p_images, p_labels = calibration_images(parity_data, parity_split, size, num_parity, seed)
-        what = f"images of {parity_data} ({parity_split})"
-    elif images is not None:
-        p_images, p_labels, what = images[:num_parity], labels[:num_parity], f"calibration images of {calibration_data}"
-    else:
-        p_images = np.random.default_rng(seed).uniform(0, 255, (4, *size, 3)).astype(np.float32)
-        p_labels, what = None, "seeded uniform-noise inputs in [0, 255]"
-    runner = TFLiteRunner(data)
-    parity = {"images": what, **_parity(model, runner, head, p_images, p_labels)}
-    gpu = check_gpu_compatibility(data)
-
-    extra = {"keras_outputs": [model.output_names[0]], "num_calibration": 0 if images is None else len(images)}
-    if quantize == "int8":
-        extra["int8"] = {"ranges": int8_ranges, "equalized": bool(equalize)}
-    if metadata:
-        from sinet_tf.export.metadata import add_segmenter_metadata
-
-        labels_names = ["background", "person"] if model.outputs[0].shape[-1] in (1, 2) else [
-            f"class_{i}" for i in range(int(model.outputs[0].shape[-1]))]
-        if head == "mask":
-            labels_names = ["person"]
-        activation = "none" if head != "logits" else ("sigmoid" if model.outputs[0].shape[-1] == 1 else "softmax")
-        data, metadata_json = add_segmenter_metadata(data, labels=labels_names, activation=activation)
-        extra["metadata"] = json.loads(metadata_json)
-    report = ExportReport(
-        output=str(output), model=model.name, quantize=quantize, io=io, head=head, size_bytes=len(data),
-        ops=contents.op_counts(), inputs=contents.inputs, outputs=contents.outputs, parity=parity,
-        convert_seconds=seconds, gpu=gpu, extra=extra)
-    write_atomic(data, output)
-    write_atomic(json.dumps(report.to_dict(), indent=2).encode(), output.with_suffix(".json"))
-    return report
-
-
-def _check_io_scale(contents, io: str) -> None:
-    """uint8/int8 inputs must carry pixels as they are (scale 1), so a phone feeds camera bytes."""
-    if io == "float32":
-        return
-    d = contents.inputs[0]
-    want = 0 if io == "uint8" else -128
-    if d["scale"] is None or abs(d["scale"] - 1.0) > 1e-6 or d["zero_point"] != want:
-        raise ExportError(f"the {io} input was calibrated to scale {d['scale']}, zero point {d['zero_point']}; "
-                          f"expected 1.0 and {want} (pixels as they are)")
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES))

@@ -2,14 +2,14 @@
 
 ``TFLiteConverter.from_keras_model`` on a Keras 3 model writes a SavedModel first (Keras'
 ``ExportArchive``: every variable saved, the call traced several times, the SavedModel read
-back), which is most of the conversion time: 28-45 s for ExtremeC3Net at 64x64 on a 2-core
-CPU. Here the model is traced once at its static batch-1 input, its variables are folded to
+back), which is most of the conversion time (timings in the commit history and
+``benchmarks/results``). Here the model is traced once at its static batch-1 input, its variables are folded to
 constants (:func:`sinet_tf.compat.freeze_concrete_function`), and that graph is converted. The converter
 sees the same computation with the weights already constant, so it produces the same ops
 and the same numbers (the same file up to tensor names, float32 and int8 alike, checked in
 the tests) in about a quarter of the time. Folding the variables first is what keeps
 ``from_concrete_functions`` usable with Keras 3 models: without it the variables would stay
-resource reads that break int8 calibration (see DESIGN.md).
+resource reads that break int8 calibration.
 
 The converted file gets back the ``serving_default`` signature that the SavedModel route
 writes (inputs named like the Keras inputs, outputs ``output_0``, ...), so
@@ -18,16 +18,17 @@ writes (inputs named like the Keras inputs, outputs ``output_0``, ...), so
 
 from __future__ import annotations
 
-__all__ = ["frozen_graph_converter", "add_serving_signature", "input_names", "pack_model"]
+import tensorflow as tf
+
+from sinet_tf.compat import converter_from_frozen_function, freeze_concrete_function
+from sinet_tf.runtime.model_file import pack_model, parse_model, schema
+
+__all__ = ["frozen_graph_converter", "add_serving_signature", "input_names"]
 
 
 def frozen_graph_converter(model):
     """A ``tf.lite.TFLiteConverter`` for ``model`` in inference mode, traced at batch 1
     (a dynamic batch dimension is fixed to 1; height and width must be static)."""
-    import tensorflow as tf
-
-    from sinet_tf.compat import converter_from_frozen_function, freeze_concrete_function
-
     specs = []
     for t, name in zip(model.inputs, input_names(model)):
         shape = tuple(t.shape)
@@ -58,9 +59,7 @@ def input_names(model) -> list[str]:
 
 def add_serving_signature(tflite: bytes, input_names: list[str]) -> bytes:
     """``tflite`` with a ``serving_default`` signature over its subgraph's inputs and outputs."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(tflite), 0)
+    model = parse_model(tflite)
     if model.signatureDefs:
         return tflite
     sub = model.subgraphs[0]
@@ -77,12 +76,3 @@ def add_serving_signature(tflite: bytes, input_names: list[str]) -> bytes:
     signature.outputs = [tensor_map(f"output_{i}", t) for i, t in enumerate(sub.outputs)]
     model.signatureDefs = [signature]
     return pack_model(model)
-
-
-def pack_model(model) -> bytes:
-    """The ``.tflite`` bytes of a ``schema_py_generated.ModelT`` (the object API's model)."""
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())

@@ -73,7 +73,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from ai_edge_litert import schema_py_generated as _schema
+
+from sinet_tf.runtime.model_file import op_name, parse_model, read_tflite, type_name
+from sinet_tf.runtime.model_file import schema as _schema
 
 __all__ = [
     "GpuReport",
@@ -97,8 +99,6 @@ def _enum_names(enum_cls: type) -> dict[int, str]:
     }
 
 
-_BUILTIN_NAMES: dict[int, str] = _enum_names(_schema.BuiltinOperator)
-_TYPE_NAMES: dict[int, str] = _enum_names(_schema.TensorType)
 _ACT_NAMES: dict[int, str] = _enum_names(_schema.ActivationFunctionType)
 _INT32 = _schema.TensorType.INT32
 
@@ -1323,31 +1323,9 @@ def _read_model(model: Any) -> tuple[bytes, str]:
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model), "<bytes>"
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"TFLite model file not found: {path!r}")
-        if os.path.isdir(path):
-            raise ValueError(f"{path!r} is a directory, not a .tflite file")
-        with open(path, "rb") as fh:
-            return fh.read(), path
+        return read_tflite(model), os.fspath(model)
     raise TypeError("model must be a path to a .tflite file or its bytes, got "
                     f"{type(model).__name__}")
-
-
-def _parse_model(buf: bytes, label: str) -> Any:
-    # Every TFLite flatbuffer carries the file identifier "TFL3" at bytes 4-8
-    # (the runtime's VerifyModelBuffer checks it too).
-    if len(buf) < 8 or buf[4:8] != b"TFL3":
-        raise ValueError(f"{label!r} is not a TFLite flatbuffer (missing the "
-                         "'TFL3' file identifier)")
-    try:
-        model = _schema.ModelT.InitFromPackedBuf(buf, 0)
-    except Exception as exc:  # noqa: BLE001 - any decode failure
-        raise ValueError(f"{label!r} is not a valid TFLite flatbuffer: "
-                         f"{exc}") from exc
-    if not model.subgraphs:
-        raise ValueError(f"{label!r} contains no subgraph")
-    return model
 
 
 def _as_str(value: Any) -> str:
@@ -1406,7 +1384,7 @@ def _tensor_spec(model: Any, subgraph: Any, index: int, constants: set[int] = fr
                 data = arr.reshape(dims)
     return TensorSpec(
         dims=dims,
-        type=_TYPE_NAMES.get(t.type, f"TYPE_{t.type}"),
+        type=type_name(t.type),
         is_const=is_const,
         name=_as_str(t.name),
         shape_signature=_ints(t.shapeSignature) if t.shapeSignature is not None else None,
@@ -1418,15 +1396,10 @@ def _tensor_spec(model: Any, subgraph: Any, index: int, constants: set[int] = fr
 
 def _op_names(model: Any, opcode_index: int) -> tuple[str, str, str | None]:
     """(display name, builtin name, custom code)."""
-    code = model.operatorCodes[opcode_index]
-    builtin_code = max(code.builtinCode, code.deprecatedBuiltinCode)
-    builtin = _BUILTIN_NAMES.get(builtin_code, f"BUILTIN_{builtin_code}")
-    if builtin != "CUSTOM":
-        return builtin, builtin, None
-    custom = _as_str(code.customCode)
-    if custom.startswith("Flex"):
-        return f"FLEX:{custom[len('Flex'):]}", builtin, custom
-    return f"CUSTOM:{custom}", builtin, custom
+    display = op_name(model, opcode_index)
+    if display.startswith(("FLEX:", "CUSTOM:")):
+        return display, "CUSTOM", _as_str(model.operatorCodes[opcode_index].customCode)
+    return display, display, None
 
 
 def _custom_options(buf: bytes, op: Any) -> bytes | None:
@@ -1513,7 +1486,7 @@ def check_gpu_compatibility(
     ``TfLiteGpuDelegateOptionsV2Default``).
     """
     buf, label = _read_model(model)
-    fb = _parse_model(buf, label)
+    fb = parse_model(buf, label)
     verdicts: list[OpVerdict] = []
     for sg_index, subgraph in enumerate(fb.subgraphs):
         sigs: list[_OpSig] = []

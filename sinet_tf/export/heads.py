@@ -19,10 +19,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from sinet_tf.runtime.heads import PERSON_CLASS, person_probability_from_output
+
 __all__ = ["OUTPUT_HEADS", "PERSON_CLASS", "with_output_head", "person_probability_from_output"]
 
 OUTPUT_HEADS = ("logits", "probabilities", "mask")
-PERSON_CLASS = 1  # class index of "person" in every binary portrait label map
 
 
 def _fixed_conv(x, kernel: np.ndarray, name: str):
@@ -58,16 +59,3 @@ def with_output_head(model: keras.Model, head: str) -> keras.Model:
             pick[PERSON_CLASS, 0] = 1.0
             y = _fixed_conv(y, pick, "person_probability")
     return keras.Model(model.inputs, y, name=model.name)
-
-
-def person_probability_from_output(y: np.ndarray, kind: str) -> np.ndarray:
-    """Person probability ``[..., H, W]`` from a model output ``[..., H, W, C]`` of head ``kind``."""
-    y = np.asarray(y, dtype=np.float32)
-    if kind in ("probabilities", "mask"):
-        return y[..., 0] if y.shape[-1] == 1 else y[..., PERSON_CLASS]
-    if kind != "logits":
-        raise ValueError(f"unknown output kind {kind!r}")
-    if y.shape[-1] == 1:
-        return 1.0 / (1.0 + np.exp(-y[..., 0]))
-    e = np.exp(y - y.max(axis=-1, keepdims=True))
-    return e[..., PERSON_CLASS] / e.sum(axis=-1)

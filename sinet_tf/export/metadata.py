@@ -6,7 +6,7 @@ Written with MediaPipe's own metadata writer (``mediapipe.tasks.python.metadata.
 metadata_writers.image_segmenter``; install with ``pip install --no-deps mediapipe==1.2.2``:
 its declared dependency opencv-contrib-python would be a second owner of ``cv2``).
 mediapipe 1.2.2's wheel lacks one native helper that the writer imports,
-``_pywrap_metadata_version.GetMinimumMetadataParserVersion`` (see DESIGN.md); it only
+``_pywrap_metadata_version.GetMinimumMetadataParserVersion``; it only
 computes the ``min_parser_version`` string from which schema fields a metadata buffer
 uses. :func:`minimum_parser_version` computes it for the fields a segmenter's metadata
 can contain (from the "Added in" notes of ``metadata_schema.fbs``) and is supplied under
@@ -81,7 +81,10 @@ def _writer():
             sys.modules.setdefault(parent, types.ModuleType(parent))
         sys.modules[native] = shim
         sys.modules["mediapipe.tasks.cc.metadata.python"]._pywrap_metadata_version = shim
-    from mediapipe.tasks.python.metadata.metadata_writers import image_segmenter, metadata_writer
+    from mediapipe.tasks.python.metadata.metadata_writers import (
+        image_segmenter,
+        metadata_writer,
+    )
 
     return image_segmenter, metadata_writer
 

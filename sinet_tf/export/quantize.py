@@ -12,24 +12,38 @@ Modes (TFLite post-training quantization):
 
 Every mode converts the batch-1 functional model's frozen inference graph
 (:func:`sinet_tf.export.frozen.frozen_graph_converter`: the ops ``from_keras_model`` gives, in
-a quarter of its time) with builtin ops only (see DESIGN.md for why other routes give
-dynamic shapes, Flex ops or unfolded variables), and :func:`inspect_tflite` rejects files that still contain
-Flex/custom ops, variables, SHAPE, or float tensors inside an int8 graph.
+a quarter of its time) with builtin ops only, and :func:`inspect_tflite` rejects files that still
+contain Flex/custom ops, variables, SHAPE, or float tensors inside an int8 graph. Other routes
+fall short here: Keras' ``model.export`` without an input signature leaves the batch dynamic
+(``-1`` in the shape signatures, dilated convs as SPACE_TO_BATCH_ND), its ``litert`` format
+enables Flex ops, and ``from_concrete_functions`` on a Keras 3 model keeps its variables as
+resource reads unless they are folded first.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
-from dataclasses import dataclass, field
 from io import StringIO
 from typing import Callable, Iterable
 
 import numpy as np
+import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 
 from sinet_tf.compat import calibrate_only, quantize_calibrated
-from sinet_tf.export.frozen import add_serving_signature, frozen_graph_converter, input_names, pack_model
+from sinet_tf.export.frozen import (
+    add_serving_signature,
+    frozen_graph_converter,
+    input_names,
+)
+from sinet_tf.runtime.interpreter import make_interpreter
+from sinet_tf.runtime.model_file import (
+    TFLiteContents,
+    output_kind,
+    pack_model,
+    parse_model,
+    read_contents,
+)
 
 __all__ = ["CALIBRATION_RANGES", "QUANTIZE_MODES", "IO_TYPES", "ExportError", "TFLiteContents", "average_ranges",
            "convert", "inspect_tflite", "output_kind"]
@@ -37,8 +51,6 @@ __all__ = ["CALIBRATION_RANGES", "QUANTIZE_MODES", "IO_TYPES", "ExportError", "T
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 IO_TYPES = ("float32", "uint8", "int8")
 
-_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 _VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
 
 
@@ -46,54 +58,13 @@ class ExportError(ValueError):
     """A model that cannot be exported as asked, or a converted file that breaks a rule."""
 
 
-@dataclass
-class TFLiteContents:
-    """What a ``.tflite`` file holds: op counts, I/O details and rule violations."""
-
-    ops: list[str]
-    inputs: list[dict]
-    outputs: list[dict]
-    tensor_types: Counter
-    problems: list[str] = field(default_factory=list)
-
-    def op_counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(self.ops).items()))
-
-
-def _builtin_name(model, opcode_index: int) -> str:
-    code = model.operatorCodes[opcode_index]
-    builtin = max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
-    name = _OP_NAMES.get(builtin, str(builtin))
-    if name == "CUSTOM":
-        custom = (code.customCode or b"").decode() if isinstance(code.customCode, bytes) else str(code.customCode)
-        return f"FLEX:{custom[4:]}" if custom.startswith("Flex") else f"CUSTOM:{custom}"
-    return name
-
-
-def _io_details(model, sub, indices) -> list[dict]:
-    out = []
-    for i in indices:
-        t = sub.tensors[i]
-        q = t.quantization
-        scale = float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else None
-        zero = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else None
-        out.append({"name": (t.name or b"").decode() if isinstance(t.name, bytes) else str(t.name),
-                    "shape": [int(d) for d in t.shape], "dtype": _TYPE_NAMES[t.type],
-                    "scale": scale, "zero_point": zero})
-    return out
-
-
 def inspect_tflite(data: bytes, quantize: str = "none") -> TFLiteContents:
-    """Parse a converted model and list what breaks the export rules for mode ``quantize``."""
-    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
-    sub = model.subgraphs[0]
-    ops = [_builtin_name(model, op.opcodeIndex) for op in sub.operators]
-    types = Counter(_TYPE_NAMES[t.type] for t in sub.tensors)
-    contents = TFLiteContents(ops=ops, inputs=_io_details(model, sub, sub.inputs),
-                              outputs=_io_details(model, sub, sub.outputs), tensor_types=types)
+    """The contents of a converted model (:func:`sinet_tf.runtime.model_file.read_contents`)
+    with ``problems``: what breaks the export rules for mode ``quantize``."""
+    contents = read_contents(data)
     problems = contents.problems
-    if len(model.subgraphs) != 1:
-        problems.append(f"{len(model.subgraphs)} subgraphs (control flow); expected one")
+    if contents.num_subgraphs != 1:
+        problems.append(f"{contents.num_subgraphs} subgraphs (control flow); expected one")
     for name, n in contents.op_counts().items():
         if name.startswith(("FLEX:", "CUSTOM:")):
             problems.append(f"{n} x {name}: not a builtin op (LiteRT without Flex cannot run it)")
@@ -105,38 +76,18 @@ def inspect_tflite(data: bytes, quantize: str = "none") -> TFLiteContents:
         if any(s <= 0 for s in d["shape"]):
             problems.append(f"tensor {d['name']!r} has a dynamic shape {d['shape']}")
     if quantize == "int8":
-        for op, op_t in zip(ops, sub.operators):
+        model = parse_model(data)
+        sub = model.subgraphs[0]
+        floating = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16)
+        for op, op_t in zip(contents.ops, sub.operators):
             if op in ("QUANTIZE", "DEQUANTIZE"):
                 continue
             floats = [sub.tensors[i].name for i in list(op_t.inputs) + list(op_t.outputs)
-                      if i >= 0 and sub.tensors[i].type in (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16)]
+                      if i >= 0 and sub.tensors[i].type in floating]
             if floats:
                 names = ", ".join((n or b"").decode() if isinstance(n, bytes) else str(n) for n in floats[:3])
                 problems.append(f"float island in the int8 graph: {op} has float tensors ({names})")
     return contents
-
-
-def output_kind(data: bytes) -> str:
-    """``probabilities`` if the first output comes from LOGISTIC or SOFTMAX (possibly through
-    QUANTIZE/DEQUANTIZE, pixel rearrangements such as the DEPTH_TO_SPACE after an int8
-    block classifier, or a channel-picking CONV_2D after a SOFTMAX), else ``logits``."""
-    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
-    sub = model.subgraphs[0]
-    producer = {int(t): op for op in sub.operators for t in op.outputs}
-    tensor, conv_seen = int(sub.outputs[0]), False
-    for _ in range(6):
-        op = producer.get(tensor)
-        if op is None:
-            return "logits"
-        name = _builtin_name(model, op.opcodeIndex)
-        if name in ("LOGISTIC", "SOFTMAX"):
-            return "probabilities"
-        if name in ("QUANTIZE", "DEQUANTIZE", "DEPTH_TO_SPACE", "RESHAPE") or (name == "CONV_2D" and not conv_seen):
-            conv_seen = conv_seen or name == "CONV_2D"
-            tensor = int(op.inputs[0])
-            continue
-        return "logits"
-    return "logits"
 
 
 CALIBRATION_RANGES = ("minmax", "average")
@@ -150,8 +101,6 @@ def convert(model, quantize: str = "none", io: str = "float32",
     int8 only: ``ranges`` is how activation ranges come from the calibration images
     (``"minmax"``: TFLite's, over all of them; ``"average"``: the mean of each image's
     minimum and maximum, :func:`average_ranges`)."""
-    import tensorflow as tf
-
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     if io not in IO_TYPES:
@@ -185,25 +134,14 @@ def convert(model, quantize: str = "none", io: str = "float32",
             calibrated = data
             if ranges == "average":
                 calibrated = average_ranges(calibrated, [np.asarray(batch[0])[0] for batch in representative()])
-            data = _quantize_calibrated(calibrated, dtype)
+            data = quantize_calibrated(calibrated, dtype)
     return add_serving_signature(data, input_names(model))
-
-
-def _quantize_calibrated(calibrated: bytes, io_dtype) -> bytes:
-    """The full-integer model of a calibrated float model, as ``TFLiteConverter.convert()``
-    makes it with its default (MLIR) quantizer: per-channel weights, I/O of ``io_dtype``,
-    read-only buffers deduplicated."""
-    return quantize_calibrated(calibrated, io_dtype)
 
 
 def _per_image_ranges(data: bytes, images, indices):
     """``{tensor index: (per-image minima, per-image maxima)}`` of a float model run on
     ``images`` through LiteRT's interpreter with every tensor kept."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_content=bytes(data), experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
+    interpreter = make_interpreter(data, xnnpack=False, keep_all_tensors=True)
     inp = interpreter.get_input_details()[0]
     out = {i: ([], []) for i in indices}
     for x in images:
@@ -226,7 +164,7 @@ def average_ranges(calibrated: bytes, images) -> bytes:
     images are in the calibration set moved its int8 IoU by up to 0.03. The averaged range
     (what TensorFlow's quantization-aware training keeps, as a moving average) clips those
     few pixels and gives every other value more levels. The model input keeps its range."""
-    model = schema.ModelT.InitFromPackedBuf(bytes(calibrated), 0)
+    model = parse_model(calibrated)
     sub = model.subgraphs[0]
     inputs = {int(i) for i in sub.inputs}
     indices = [i for i, t in enumerate(sub.tensors) if i not in inputs and t.quantization is not None

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from sinet_tf.data.normalization import get_preset
+from sinet_tf.layers.normalization_presets import get_preset
 
 __all__ = ["InputNormalization"]
 
@@ -16,7 +16,7 @@ class InputNormalization(keras.layers.Layer):
     """RGB pixels in [0, 255] -> the network's input, by a named preset.
 
     The channel reorder, mean subtraction and scaling of the preset
-    (:data:`sinet_tf.data.normalization.PRESETS`) are one constant 1x1 convolution
+    (:data:`sinet_tf.layers.normalization_presets.PRESETS`) are one constant 1x1 convolution
     plus bias, ``y_c = scale_c * x_{order(c)} - scale_c * mean_c``: a single
     CONV_2D in TFLite that every delegate runs, with no GATHER or 5-D shapes.
     """

@@ -40,7 +40,7 @@ classes) has 3,358,627: 128 fewer, because its CE 3x3 conv has BN instead of a b
 classes (3,382,575) ours is 1.2 % smaller. The booster heads add 278,536 (2 classes).
 See tests/test_bisenetv2.py.
 
-Multiply-adds (convolutions, :func:`sinet_tf.profile.count_macs`), 19 classes: 24.6 G at
+Multiply-adds (convolutions, :func:`sinet_tf.model_cost.count_macs`), 19 classes: 24.6 G at
 1024x512, the size the paper resizes Cityscapes images to for inference, against the
 paper's 21.15 GFLOPs (Table 8); 98.4 G at 2048x1024, so the paper's figure cannot be at
 full size. With ``C_t = 128`` it would be 16.0 G: the paper's count lies between the two
@@ -95,7 +95,7 @@ class ExpandingDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     ``keras.layers.DepthwiseConv2D(depth_multiplier=m)``; only the graph differs, so that
     TFLite gets CONV_2D + DEPTHWISE_CONV_2D (multiplier 1), both of which the GPU delegate
     runs. The repeat costs ``C * m`` multiply-adds per input pixel on the device; MAC
-    counts (:func:`sinet_tf.profile.count_macs`) report the depthwise conv, as papers do.
+    counts (:func:`sinet_tf.model_cost.count_macs`) report the depthwise conv, as papers do.
     """
 
     def call(self, inputs):

@@ -63,7 +63,7 @@ Parameters (trainable: conv kernels, BN gamma/beta, classifier bias):
   (48-channel projection 1,248; separable convs 81,680 and 68,864), i.e. 2.262 M expected at
   21 classes, 0.16% below ours.
 
-Multiply-adds (:func:`sinet_tf.profile.count_macs`): 9.82 G (Xception) and 0.98 G
+Multiply-adds (:func:`sinet_tf.model_cost.count_macs`): 9.82 G (Xception) and 0.98 G
 (MobileNetV2) at 224x224. At 512x512 the Xception model counts 51.3 G, against the 54.17 G
 the authors' model zoo lists for 513x513 (33x33 instead of 32x32 features: 6% more).
 """
@@ -75,8 +75,15 @@ import logging
 import keras
 
 from sinet_tf.backbones import require_weights_file
-from sinet_tf.backbones.mobilenetv2 import load_mobilenetv2_weights, mobilenetv2_features
-from sinet_tf.backbones.xception import check_xception_weights_path, load_xception_weights, xception_features
+from sinet_tf.backbones.mobilenetv2 import (
+    load_mobilenetv2_weights,
+    mobilenetv2_features,
+)
+from sinet_tf.backbones.xception import (
+    check_xception_weights_path,
+    load_xception_weights,
+    xception_features,
+)
 from sinet_tf.layers.conv import batch_norm
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.models._common import check_input_shape, logits_output, normalized_input

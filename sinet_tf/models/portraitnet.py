@@ -28,7 +28,10 @@ import logging
 
 import keras
 
-from sinet_tf.backbones.mobilenetv2 import load_mobilenetv2_weights, mobilenetv2_features
+from sinet_tf.backbones.mobilenetv2 import (
+    load_mobilenetv2_weights,
+    mobilenetv2_features,
+)
 from sinet_tf.layers.conv import batch_norm
 from sinet_tf.models._common import check_input_shape, logits_output, normalized_input
 from sinet_tf.registry import register_model

@@ -73,7 +73,10 @@ import logging
 
 import keras
 
-from sinet_tf.backbones.mobilenetv2 import load_mobilenetv2_weights, mobilenetv2_features
+from sinet_tf.backbones.mobilenetv2 import (
+    load_mobilenetv2_weights,
+    mobilenetv2_features,
+)
 from sinet_tf.backbones.resnet import load_resnet_weights, resnet_features
 from sinet_tf.layers.conv import batch_norm
 from sinet_tf.layers.resize import BilinearResize

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import keras
 
-from sinet_tf.layers.conv import batch_norm, bn_prelu, conv_bn_prelu, depthwise_conv2d, prelu
+from sinet_tf.layers.conv import (
+    batch_norm,
+    bn_prelu,
+    conv_bn_prelu,
+    depthwise_conv2d,
+    prelu,
+)
 from sinet_tf.layers.information_blocking import InformationBlockingGate
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.layers.s2 import s2_module

@@ -40,8 +40,8 @@ class ModelFrame:
 def model_frame(segmenter, image_rgb: np.ndarray) -> ModelFrame:
     """Run ``segmenter`` (:class:`~sinet_tf.inference.Segmenter`) on one RGB frame, keeping
     the model-resolution probability (letterboxed when ``segmenter.keep_aspect``)."""
-    from sinet_tf.export.heads import person_probability_from_output
     from sinet_tf.inference import letterbox, resize_to_input
+    from sinet_tf.runtime.heads import person_probability_from_output
 
     size = segmenter.input_size
     if segmenter.keep_aspect:

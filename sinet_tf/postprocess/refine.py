@@ -18,10 +18,11 @@ The model's probability is only ``224 x 224``; the photo is larger. :func:`guide
 computes ``mean(a)``, ``mean(b)`` at the model's resolution (with the model's input as
 guide), resizes these smooth coefficient maps bilinearly to the photo and applies Eq. 8
 with the full-resolution guide: the fast guided filter (He and Sun, "Fast Guided Filter",
-arXiv:1505.00996, 2015, Sec. 2; the same low-to-high-resolution step as Wu et al.,
-"Fast End-to-End Trainable Guided Filter", CVPR 2018, Eq. 4-6), at the cost of two resizes
-and a multiply-add per photo pixel. :func:`with_guided_refinement` puts Eq. 5-8 at the
-model's resolution inside an exported model, out of CONV_2D (the luma), AVERAGE_POOL_2D,
+arXiv:1505.00996, 2015, Algorithm 2, here with the model's own input as the subsampled
+guide; the same low-to-high-resolution step as the guided filtering layer of Wu et al.,
+"Fast End-to-End Trainable Guided Filter", CVPR 2018), at the cost of two resizes and a
+multiply-add per photo pixel. :func:`sinet_tf.postprocess.layers.with_guided_refinement`
+puts Eq. 5-8 at the model's resolution inside an exported model, out of CONV_2D (the luma), AVERAGE_POOL_2D,
 MUL, ADD, SUB, DIV, MAXIMUM and MINIMUM, all run by the mobile GPU delegate. Outputs are
 clipped to [0, 1].
 """
@@ -29,11 +30,10 @@ clipped to [0, 1].
 from __future__ import annotations
 
 import cv2
-import keras
 import numpy as np
 
-__all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "LUMA", "REFINE_MODES", "GuidedFilter", "box_mean", "check_refine",
-           "guided_coefficients", "guided_filter", "guided_upsample", "luma", "with_guided_refinement"]
+__all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "LUMA", "REFINE_MODES", "box_mean", "check_refine",
+           "guided_coefficients", "guided_filter", "guided_upsample", "luma"]
 
 REFINE_MODES = ("none", "guided")
 DEFAULT_RADIUS = 4      # window radius in model-input pixels (a 9 x 9 window at 224 x 224)
@@ -112,57 +112,3 @@ def guided_upsample(guide_low: np.ndarray, prob_low: np.ndarray, guide_high: np.
     mean_a = cv2.resize(mean_a, (W, H), interpolation=cv2.INTER_LINEAR)
     mean_b = cv2.resize(mean_b, (W, H), interpolation=cv2.INTER_LINEAR)
     return np.clip(mean_a * np.asarray(guide_high, np.float32) + mean_b, 0.0, 1.0)
-
-
-# --------------------------------------------------------------------------- export
-
-
-@keras.saving.register_keras_serializable(package="sinet_tf")
-class GuidedFilter(keras.layers.Layer):
-    """Eq. 5-8 as a layer: ``GuidedFilter(r, eps)([image, prob])`` with ``image`` RGB pixels
-    in [0, 255] ``[B, H, W, 3]`` and ``prob`` ``[B, H, W, 1]``; returns the refined
-    probability, clipped to [0, 1]. Means are AVERAGE_POOL_2D (SAME padding: the window is
-    clipped to the image), the luma a fixed 1x1 convolution."""
-
-    def __init__(self, radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS, **kwargs):
-        super().__init__(**kwargs)
-        self.radius, self.eps = check_refine(radius, eps)
-        self._luma = np.array(LUMA, np.float32).reshape(1, 1, 3, 1) / 255.0
-
-    def _mean(self, x):
-        k = 2 * self.radius + 1
-        return keras.ops.average_pool(x, pool_size=(k, k), strides=(1, 1), padding="same")
-
-    def call(self, inputs):
-        image, prob = inputs
-        guide = keras.ops.conv(image, keras.ops.convert_to_tensor(self._luma), strides=1, padding="valid")
-        m_i, m_p = self._mean(guide), self._mean(prob)
-        var_i = self._mean(guide * guide) - m_i * m_i
-        cov_ip = self._mean(guide * prob) - m_i * m_p
-        a = cov_ip / (var_i + self.eps)
-        b = m_p - a * m_i
-        q = self._mean(a) * guide + self._mean(b)
-        return keras.ops.minimum(keras.ops.maximum(q, 0.0), 1.0)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[1]
-
-    def get_config(self):
-        return {**super().get_config(), "radius": self.radius, "eps": self.eps}
-
-
-def with_guided_refinement(model: keras.Model, radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> keras.Model:
-    """``model`` (its first input RGB pixels in [0, 255], its first output one
-    person-probability channel at the input's resolution: the ``mask`` head) with the
-    guided filter (Eq. 5-8, the input image as guide) on its output. Other inputs (a
-    previous matte) are kept."""
-    out = model.outputs[0]
-    image = model.inputs[0]
-    if int(out.shape[-1]) != 1:
-        raise ValueError(f"guided refinement needs a model returning one person-probability channel "
-                         f"(the 'mask' head), got {int(out.shape[-1])} channels")
-    if tuple(out.shape[1:3]) != tuple(image.shape[1:3]):
-        raise ValueError(f"guided refinement needs the probability at the input's resolution; the model returns "
-                         f"{tuple(out.shape[1:3])} for an input of {tuple(image.shape[1:3])}")
-    refined = GuidedFilter(radius, eps, name="guided_refine")([image, out])
-    return keras.Model(model.inputs, refined, name=model.name)

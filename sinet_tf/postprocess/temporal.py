@@ -15,7 +15,8 @@ returns for the letterboxed frame, before it is resized to the frame), one step 
           (``|p - m|`` near 1) is followed at once instead of leaving a ghost. ``s = 0`` is no
           smoothing. On a static scene the output converges to ``p`` geometrically, at a rate
           of at most ``s`` per frame. Only ``p`` and ``m`` are needed, so the step runs inside
-          an exported model as a second input (:func:`with_temporal_input`): ABS, SUB, MUL,
+          an exported model as a second input
+          (:func:`sinet_tf.postprocess.layers.with_temporal_input`): ABS, SUB, MUL,
           ADD, MAXIMUM, MINIMUM, which the mobile GPU delegate runs. A previous matte of
           :data:`NO_HISTORY` (-1) makes ``w = 1``: the output is the frame's own probability,
           which is how a video starts.
@@ -32,11 +33,10 @@ camera-motion benchmark (``benchmarks/video_stability.py``, results in the READM
 from __future__ import annotations
 
 import cv2
-import keras
 import numpy as np
 
-__all__ = ["DEFAULT_STRENGTH", "DEFAULT_TEMPORAL", "NO_HISTORY", "TEMPORAL_MODES", "GatedEMA", "TemporalSmoother",
-           "check_strength", "gated_ema_step", "with_temporal_input"]
+__all__ = ["DEFAULT_STRENGTH", "DEFAULT_TEMPORAL", "NO_HISTORY", "TEMPORAL_MODES", "TemporalSmoother",
+           "check_strength", "gated_ema_step"]
 
 TEMPORAL_MODES = ("none", "ema", "flow")
 DEFAULT_TEMPORAL = "flow"
@@ -124,44 +124,3 @@ class TemporalSmoother:
         out = gated_ema_step(prob, previous, self.strength)
         self._previous, self._previous_gray = out, gray
         return out
-
-
-# --------------------------------------------------------------------------- export
-
-
-@keras.saving.register_keras_serializable(package="sinet_tf")
-class GatedEMA(keras.layers.Layer):
-    """The gated EMA step as a layer: ``GatedEMA(s)([prob, previous])`` (both ``[B, H, W, 1]``)
-    returns ``previous + w (prob - previous)``, ``w = min(1, max(1 - s, |prob - previous|))``."""
-
-    def __init__(self, strength: float = DEFAULT_STRENGTH, **kwargs):
-        super().__init__(**kwargs)
-        self.strength = check_strength(strength, "strength")
-
-    def call(self, inputs):
-        prob, previous = inputs
-        d = prob - previous
-        w = keras.ops.minimum(keras.ops.maximum(keras.ops.abs(d), 1.0 - self.strength), 1.0)
-        return previous + w * d
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-    def get_config(self):
-        return {**super().get_config(), "strength": self.strength}
-
-
-def with_temporal_input(model: keras.Model, strength: float = DEFAULT_STRENGTH) -> keras.Model:
-    """A two-input model ``[image, previous_matte] -> matte`` from a model whose (first)
-    output is one person-probability channel (the ``mask`` export head): the gated EMA
-    (module docstring) of the probability against the previous frame's output. Feed the
-    previous call's output back as ``previous_matte`` and :data:`NO_HISTORY` (-1
-    everywhere) for a video's first frame."""
-    out = model.outputs[0]
-    if int(out.shape[-1]) != 1:
-        raise ValueError(f"temporal smoothing needs a model returning one person-probability channel "
-                         f"(the 'mask' head), got {int(out.shape[-1])} channels")
-    batch = model.inputs[0].shape[0]
-    previous = keras.Input(shape=tuple(out.shape[1:]), batch_size=batch, name="previous_matte")
-    smoothed = GatedEMA(strength, name="temporal_ema")([out, previous])
-    return keras.Model([model.inputs[0], previous], smoothed, name=model.name)

@@ -1,7 +1,14 @@
 """Training: recipes (``training/*.yaml``) and the engine behind ``sinet train``."""
 
 from sinet_tf.train.config import RecipeError, StageConfig, TrainConfig, load_recipe
-from sinet_tf.train.trainer import AdamL2, SGDL2, TrainingError, make_strategy, open_source, train, transfer_weights
+from sinet_tf.train.trainer import (
+           SGDL2,
+           AdamL2,
+           TrainingError,
+           make_strategy,
+           train,
+           transfer_weights,
+)
 
 __all__ = ["AdamL2", "RecipeError", "SGDL2", "StageConfig", "TrainConfig", "TrainingError", "load_recipe",
-           "make_strategy", "open_source", "train", "transfer_weights"]
+           "make_strategy", "train", "transfer_weights"]

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from sinet_tf.registry import get_model_info
+
 __all__ = ["StageConfig", "TrainConfig", "RecipeError", "load_recipe", "parse_override", "RECIPE_DIR"]
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "training"
@@ -104,8 +106,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, data: str | None = None) -> TrainConfig:
     """Read and validate a recipe; ``overrides`` (``key=value`` strings) and ``data`` win over the file."""
-    from sinet_tf.registry import get_model_info
-
     path = Path(path)
     if not path.is_file():
         candidate = RECIPE_DIR / path.name

@@ -30,11 +30,19 @@ import keras
 import tensorflow as tf
 
 from sinet_tf.compat import optimizer_variable_key
-from sinet_tf.io import save_keras_atomic, write_atomic
+from sinet_tf.data.pipeline import make_pipeline, steps_per_epoch
+from sinet_tf.data.sources import open_source
+from sinet_tf.files import save_keras_atomic, write_atomic
+from sinet_tf.loading import load_keras_model
 from sinet_tf.losses import build_loss
+from sinet_tf.metrics import PersonIoU
+from sinet_tf.registry import build_model
+from sinet_tf.train.aux_head import AUX_OUTPUT, AuxHeadModel, AuxLoss, has_aux_output
 from sinet_tf.train.config import StageConfig, TrainConfig
+from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
+from sinet_tf.weights import load_weights
 
-__all__ = ["AdamL2", "SGDL2", "make_strategy", "open_source", "transfer_weights", "train", "TrainingError"]
+__all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "TrainingError"]
 
 
 class TrainingError(ValueError):
@@ -99,22 +107,6 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise TrainingError(f"unknown strategy {name!r}; choose default, mirrored, multiworker or tpu")
-
-
-def open_source(spec: str, split: str | None, seed: int, on_error: str = "raise", size=(256, 256)):
-    """A data source from a recipe's ``data`` value: a dataset path, or ``synthetic`` /
-    ``synthetic:N`` (N generated portraits; the validation split is a disjoint seed)."""
-    if str(spec).startswith("synthetic"):
-        from sinet_tf.data.synthetic import SyntheticPortraits
-
-        _, _, count = str(spec).partition(":")
-        n = int(count) if count else 1000
-        if split in ("val", "test"):
-            return SyntheticPortraits(max(n // 5, 1), size=size, seed=seed + 10_000, name="synthetic-val")
-        return SyntheticPortraits(n, size=size, seed=seed, name="synthetic-train")
-    from sinet_tf.data.readers import load_dataset
-
-    return load_dataset(spec, split=split, on_error=on_error)
 
 
 def transfer_weights(src: keras.Model, dst: keras.Model) -> int:
@@ -202,13 +194,9 @@ def _initialize(model, stage: StageConfig, run_dir: Path, log):
         if not path.is_file():
             path = run_dir / stage.init[6:] / "last.keras"
     if path.suffix == ".keras":
-        from sinet_tf.inference import load_keras_model
-
         n = transfer_weights(load_keras_model(path), model)
         log(f"[{stage.name}] initialized {n} layers from {path}")
     else:
-        from sinet_tf.weights import load_weights
-
         load_weights(model, path, strict=stage.init_strict)
         log(f"[{stage.name}] initialized from checkpoint {path}")
 
@@ -232,10 +220,6 @@ def _schedule(stage: StageConfig, steps_per_epoch: int):
 def _compile(model, stage: StageConfig, steps_per_epoch: int):
     """Compile ``model`` for ``stage``; returns the model to fit (a :class:`TwoViewModel`
     around it for two-view stages, an :class:`AuxHeadModel` for a network with an auxiliary head)."""
-    from sinet_tf.metrics import PersonIoU
-    from sinet_tf.train.aux_head import AUX_OUTPUT, AuxHeadModel, AuxLoss, has_aux_output
-    from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
-
     optimizer_class = {"adam": AdamL2, "sgd": SGDL2}[stage.optimizer]
     options = {"momentum": stage.momentum} if stage.optimizer == "sgd" else {}
     optimizer = optimizer_class(learning_rate=_schedule(stage, steps_per_epoch), l2=stage.weight_decay,
@@ -317,8 +301,6 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
     state.setdefault("completed_stages", [])
     summary = {"output_dir": str(run_dir), "stages": []}
 
-    from sinet_tf.data.pipeline import make_pipeline, steps_per_epoch
-
     for stage in config.stages:
         if stage.name in state["completed_stages"]:
             log(f"[{stage.name}] already complete, skipping")
@@ -337,8 +319,6 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
                 model = keras.models.load_model(stage_dir / "last.keras")
                 log(f"[{stage.name}] resuming after epoch {initial_epoch} from {stage_dir / 'last.keras'}")
             else:
-                from sinet_tf.registry import build_model
-
                 model = build_model(stage.model, input_shape=(*stage.input_size, 3), **stage.model_kwargs)
                 _initialize(model, stage, run_dir, log)
                 model = _compile(model, stage, steps)

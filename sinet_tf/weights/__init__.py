@@ -14,7 +14,8 @@ import keras
 import numpy as np
 
 from sinet_tf.layers.s2 import GroupedPointwiseConv
-from sinet_tf.profile import iter_layers
+from sinet_tf.model_cost import iter_layers
+from sinet_tf.registry import build_model
 
 __all__ = ["WeightImportError", "read_state_dict", "assign_state_dict", "load_weights", "import_official"]
 
@@ -154,8 +155,6 @@ def load_weights(model: keras.Model, path: str | os.PathLike, strict: bool = Tru
 
 def import_official(architecture: str, path: str | os.PathLike, **build_kwargs) -> keras.Model:
     """Build ``sinet`` or ``extremec3net`` and load the official checkpoint at ``path``."""
-    from sinet_tf.registry import build_model
-
     if architecture not in OFFICIAL_ARCHITECTURES:
         raise ValueError(f"no official checkpoint importer for {architecture!r}; "
                          f"choose one of {', '.join(OFFICIAL_ARCHITECTURES)}")

@@ -1,73 +1,28 @@
-"""Model size and cost: trainable parameters, multiply-adds (MACs), and the per-op latency
-of a ``.tflite`` file under LiteRT (:func:`op_profile`)."""
+"""Per-op latency of a ``.tflite`` file under LiteRT (:func:`op_profile`).
+
+LiteRT's Python interpreter has no op profiler, and XNNPACK runs a whole model as one
+DELEGATE node: every op, or any set of ops, is cut out into a model of its own (the same
+tensors, quantization and constants; the non-constant tensors it reads become inputs) and
+timed under the same interpreter."""
 
 from __future__ import annotations
-
-import math
 
 import keras
 import numpy as np
 
-from sinet_tf.layers.s2 import GroupedPointwiseConv
+from sinet_tf.bench.host import interleaved_times
+from sinet_tf.compat import interpreter_ops
+from sinet_tf.export.frozen import frozen_graph_converter
+from sinet_tf.runtime.interpreter import make_interpreter
+from sinet_tf.runtime.model_file import (
+    is_constant,
+    op_name,
+    pack_model,
+    parse_model,
+    type_name,
+)
 
-__all__ = ["count_params", "count_macs", "invoke_overhead_ms", "iter_layers", "op_profile", "subgraph_model",
-           "summarize_profile", "time_models"]
-
-
-def count_params(model: keras.Model) -> int:
-    """Trainable parameters (what papers report; BatchNorm running statistics excluded)."""
-    return int(sum(math.prod(w.shape) for w in model.trainable_weights))
-
-
-def iter_layers(model):
-    """Every leaf layer of a model, descending into nested models."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from iter_layers(layer)
-        else:
-            yield layer
-
-
-def count_macs(model: keras.Model) -> int:
-    """Multiply-accumulates of one forward pass at the model's input size (batch 1).
-
-    Counts convolutions (regular, grouped, depthwise, transposed) and dense layers, the
-    convention of the papers' FLOPs/MAdds columns; element-wise ops, normalization,
-    pooling and resizing are not counted. A convolution costs
-    ``H_out * W_out * kh * kw * (C_in / groups) * C_out``, i.e. the output's spatial size
-    times the size of its kernel tensor (for a transposed conv, the input's spatial size).
-    """
-    total = 0
-    for layer in iter_layers(model):
-        if isinstance(layer, keras.layers.SeparableConv2D):
-            kernels = [layer.depthwise_kernel, layer.pointwise_kernel]
-        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Conv2DTranspose,
-                                keras.layers.Dense, GroupedPointwiseConv)):
-            kernels = [layer.kernel]
-        else:
-            continue
-        ref = layer.input if isinstance(layer, keras.layers.Conv2DTranspose) else layer.output
-        spatial = math.prod(int(d) for d in ref.shape[1:-1])
-        total += spatial * sum(math.prod(k.shape) for k in kernels)
-    return int(total)
-
-
-# ----------------------------------------------------------------------------------------
-# Per-op latency of a .tflite file (LiteRT's Python interpreter has no op profiler, and
-# XNNPACK runs a whole model as one DELEGATE node): every op, or any set of ops, is cut
-# out into a model of its own (the same tensors, quantization and constants; the
-# non-constant tensors it reads become inputs) and timed under the same interpreter.
-
-
-def _op_name(model, op) -> str:
-    from sinet_tf.export.quantize import _builtin_name
-
-    return _builtin_name(model, op.opcodeIndex)
-
-
-def _is_constant(model, tensor) -> bool:
-    buf = model.buffers[tensor.buffer] if tensor.buffer else None
-    return buf is not None and ((buf.data is not None and len(buf.data) > 0) or (buf.size or 0) > 0)
+__all__ = ["invoke_overhead_ms", "op_profile", "subgraph_model", "summarize_profile", "time_models"]
 
 
 def subgraph_model(data: bytes, op_indices) -> bytes:
@@ -76,11 +31,7 @@ def subgraph_model(data: bytes, op_indices) -> bytes:
     read that none of them produces, its outputs the tensors they produce that an op
     outside the set (or the model's output) reads, or, failing that, the last op's outputs.
     Tensors, quantization parameters, constants and op options are the original's."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    from sinet_tf.export.frozen import pack_model
-
-    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
+    model = parse_model(data)
     sub = model.subgraphs[0]
     keep = sorted(set(int(i) for i in op_indices))
     chosen = set(keep)
@@ -91,7 +42,7 @@ def subgraph_model(data: bytes, op_indices) -> bytes:
         produced |= {int(t) for t in op.outputs}
     outside = {int(t) for j, op in enumerate(sub.operators) if j not in chosen for t in op.inputs if t >= 0}
     outside |= {int(t) for t in sub.outputs}
-    inputs = list(dict.fromkeys(t for t in read if t not in produced and not _is_constant(model, sub.tensors[t])))
+    inputs = list(dict.fromkeys(t for t in read if t not in produced and not is_constant(model, sub.tensors[t])))
     outputs = [t for t in sorted(produced) if t in outside] or [int(t) for t in sub.operators[keep[-1]].outputs]
     sub.operators = [sub.operators[i] for i in keep]
     sub.inputs, sub.outputs = inputs, outputs
@@ -116,11 +67,7 @@ def _random_inputs(interpreter, seed: int = 0):
 
 
 def _profile_interpreter(data: bytes, threads: int, xnnpack: bool):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    kwargs = {} if xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    interpreter = Interpreter(model_content=data, num_threads=int(threads), **kwargs)
-    interpreter.allocate_tensors()
+    interpreter = make_interpreter(data, threads=threads, xnnpack=xnnpack)
     _random_inputs(interpreter)
     return interpreter
 
@@ -133,9 +80,6 @@ def time_models(models: dict, threads: int = 1, xnnpack: bool = True, warmup: in
     nodes XNNPACK made of each model (1: one partition; 0: the builtin kernels run it).
     With ``inner > 1`` a sample is the mean of ``inner`` back-to-back invokes of one model:
     warm caches, as an op sees them inside a whole graph."""
-    from sinet_tf.bench.host import interleaved_times
-    from sinet_tf.compat import interpreter_ops
-
     its = {k: _profile_interpreter(v, threads, xnnpack) for k, v in models.items()}
     times = interleaved_times({k: it.invoke for k, it in its.items()}, warmup, runs, inner)
     out = {}
@@ -157,19 +101,15 @@ def op_profile(data: bytes, threads: int = 1, xnnpack: bool = True, warmup: int 
     includes one ``invoke()`` overhead (about 2 us here; :func:`invoke_overhead_ms`).
     Inside a whole model XNNPACK also fuses some ops (a PAD into the conv after it), so
     the sum over ops is an upper bound of the whole model's time."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    from sinet_tf.export.quantize import _TYPE_NAMES
-
-    model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
+    model = parse_model(data)
     sub = model.subgraphs[0]
     singles = {i: subgraph_model(data, [i]) for i in range(len(sub.operators))}
     timed = time_models(singles, threads, xnnpack, warmup, runs, inner)
     rows = []
     for i, op in enumerate(sub.operators):
         out = sub.tensors[int(op.outputs[0])]
-        rows.append({"index": i, "op": _op_name(model, op), "output_shape": [int(d) for d in out.shape],
-                     "dtype": _TYPE_NAMES[out.type], "delegated": timed[i]["delegate_nodes"] > 0,
+        rows.append({"index": i, "op": op_name(model, op.opcodeIndex), "output_shape": [int(d) for d in out.shape],
+                     "dtype": type_name(out.type).lower(), "delegated": timed[i]["delegate_nodes"] > 0,
                      "median_ms": timed[i]["median_ms"], "min_ms": timed[i]["min_ms"]})
     return rows
 
@@ -177,8 +117,6 @@ def op_profile(data: bytes, threads: int = 1, xnnpack: bool = True, warmup: int 
 def invoke_overhead_ms(threads: int = 1, runs: int = 200) -> float:
     """Median ``invoke()`` time of a one-op model on a ``[1, 1, 1, 1]`` tensor: what every
     per-op time of :func:`op_profile` includes besides the op itself."""
-    from sinet_tf.export.frozen import frozen_graph_converter
-
     x = keras.Input(batch_shape=(1, 1, 1, 1))
     converter = frozen_graph_converter(keras.Model(x, x + 1.0))
     return time_models({"add": converter.convert()}, threads, True, 10, runs)["add"]["median_ms"]

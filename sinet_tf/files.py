@@ -1,4 +1,4 @@
-"""Image reading and writing with clear errors and atomic writes."""
+"""Files: reading photos upright with clear errors, and atomic writes (temporary file, then rename)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,266 @@
+"""Export to ``.tflite`` (fp32 / fp16 / dynamic / full int8) with a JSON report.
+
+:func:`export_tflite` is what ``sinet export`` runs: fix the batch at 1, put the asked
+output head on top (:mod:`sinet_tf.export.heads`), convert (:mod:`sinet_tf.export.quantize`,
+int8 calibrated on real images through the dataset readers, after the numerically
+equivalent rewrites of :mod:`sinet_tf.export.rewrite`), reject files that break the
+rules (Flex/custom ops, variables, SHAPE, float islands in int8), check the GPU delegate's
+op rules, measure parity with the Keras model, optionally add MediaPipe-readable metadata,
+and write ``OUT.tflite`` and ``OUT.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from sinet_tf.data.sources import open_source
+from sinet_tf.export.gpu_compat import GpuReport, check_gpu_compatibility
+from sinet_tf.export.heads import OUTPUT_HEADS, with_output_head
+from sinet_tf.export.metadata import add_segmenter_metadata
+from sinet_tf.export.quantize import (
+    QUANTIZE_MODES,
+    ExportError,
+    convert,
+    inspect_tflite,
+)
+from sinet_tf.export.rewrite import int8_friendly
+from sinet_tf.export.tflite import with_fixed_batch
+from sinet_tf.files import write_atomic
+from sinet_tf.inference import resize_to_input
+from sinet_tf.loading import load_model
+from sinet_tf.metrics import person_iou
+from sinet_tf.runtime.heads import person_probability_from_output
+from sinet_tf.runtime.interpreter import TFLiteRunner
+
+__all__ = ["ExportReport", "calibration_images", "export_tflite", "load_export_source"]
+
+log = logging.getLogger("sinet_tf.export")
+
+EQUALIZATION_IMAGES = 32  # calibration images whose channel ranges int8 equalization uses
+
+
+@dataclass
+class ExportReport:
+    output: str
+    model: str
+    quantize: str
+    io: str
+    head: str
+    size_bytes: int
+    ops: dict
+    inputs: list
+    outputs: list
+    parity: dict
+    convert_seconds: float
+    gpu: GpuReport
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> list[int]:
+        return self.inputs[0]["shape"]
+
+    @property
+    def output_shape(self) -> list[int]:
+        return self.outputs[0]["shape"]
+
+    @property
+    def max_abs_diff_logits(self) -> float:  # the float32 logits comparison (kept for callers)
+        return self.parity["max_abs_diff_output"]
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "model": self.model, "quantize": self.quantize, "io": self.io,
+                "head": self.head, "size_bytes": self.size_bytes, "ops": self.ops,
+                "inputs": self.inputs, "outputs": self.outputs, "parity": self.parity,
+                "convert_seconds": round(self.convert_seconds, 2), "gpu_delegate": self.gpu.to_dict(),
+                **self.extra}
+
+    def summary(self) -> str:
+        p = self.parity
+        lines = [f"{self.output}: {self.quantize} ({self.io} I/O, {self.head} head), "
+                 f"{self.size_bytes / 1024:.0f} KiB, input {self.input_shape} {self.inputs[0]['dtype']}, "
+                 f"output {self.output_shape} {self.outputs[0]['dtype']}, converted in {self.convert_seconds:.1f} s",
+                 f"parity on {p['n_images']} {p['images']}: max |TFLite - Keras| output {p['max_abs_diff_output']:.3g}, "
+                 f"person probability {p['max_abs_diff_probability']:.3g}"]
+        if "person_iou_tflite" in p:
+            lines.append(f"person IoU at the model's input size: Keras {p['person_iou_keras']:.4f}, "
+                         f"TFLite {p['person_iou_tflite']:.4f} (difference {p['person_iou_difference']:+.4f})")
+        lines.append(self.gpu.summary())
+        return "\n".join(lines)
+
+
+def load_export_source(source, weights=None, input_size=None):
+    """A Keras model from a ``.keras`` file or a registry name (+ optional checkpoint),
+    at ``input_size`` (H, W) when given."""
+    return load_model(source, weights, input_size=input_size)
+
+
+def calibration_images(data, split: str | None, input_size: tuple[int, int], count: int, seed: int = 0):
+    """``count`` images of ``data`` (a dataset path or ``synthetic[:N]``) through the
+    deployment preprocessing (:func:`sinet_tf.inference.resize_to_input`), with their
+    labels resized (nearest) to the input size. No augmentation."""
+    source = open_source(str(data), split, seed=seed, size=tuple(input_size))
+    if count < 1:
+        raise ExportError(f"the number of calibration images must be at least 1, got {count}")
+    if len(source) < count:
+        raise ExportError(f"calibration data {data} (split {split}) has {len(source)} images; "
+                          f"{count} were asked (--num-calibration)")
+    images, labels = [], []
+    for i in range(count):
+        image, label = source.read(i)
+        images.append(resize_to_input(image, input_size))
+        labels.append(resize_to_input(label, input_size, nearest=True))
+    return np.stack(images), np.stack(labels)
+
+
+def representative_dataset(images: np.ndarray):
+    """The converter's calibration generator. The first image is repeated once with its
+    top row black and bottom row white, so the input's calibrated range is exactly
+    [0, 255]: an int8/uint8 input then has scale 1 (uint8 zero point 0, int8 -128), and
+    a phone feeds camera bytes as they are."""
+    pinned = images[0].copy()
+    pinned[0], pinned[-1] = 0.0, 255.0
+
+    def gen():
+        yield [pinned[None].astype(np.float32)]
+        for im in images:
+            yield [im[None].astype(np.float32)]
+
+    return gen
+
+
+def _person_iou(prob: np.ndarray, labels: np.ndarray, ignore: int = 255) -> float:
+    """Person IoU per image (prediction prob > 0.5, :func:`sinet_tf.metrics.person_iou`),
+    averaged; labels {0, 1, ignore}. A probability map smaller than its labels (an encoder's
+    1/8 output) is bilinearly resized to the labels' size first."""
+    ious = []
+    for p, y in zip(prob, labels):
+        if p.shape != y.shape:
+            p = cv2.resize(np.asarray(p, np.float32), (y.shape[1], y.shape[0]), interpolation=cv2.INTER_LINEAR)
+        ious.append(float(person_iou((p > 0.5).astype(np.uint8), y, ignore)[0]))
+    return float(np.mean(ious))
+
+
+def _parity(model, runner, head, images, labels) -> dict:
+    """Keras (same head) against TFLite on the given images."""
+    fn = tf.function(lambda x: model(x, training=False))
+    diffs, pdiffs, p_keras, p_lite = [], [], [], []
+    for x in images:
+        y_k = np.asarray(fn(x[None]), dtype=np.float32)
+        y_l = runner(x[None])
+        diffs.append(float(np.abs(y_k - y_l).max()))
+        pk, pl = person_probability_from_output(y_k, head)[0], person_probability_from_output(y_l, head)[0]
+        pdiffs.append(float(np.abs(pk - pl).max()))
+        p_keras.append(pk)
+        p_lite.append(pl)
+    out = {"n_images": len(images), "max_abs_diff_output": max(diffs), "max_abs_diff_probability": max(pdiffs),
+           "mean_abs_diff_probability": float(np.mean([np.abs(a - b).mean() for a, b in zip(p_keras, p_lite)]))}
+    if labels is not None:
+        k, t = _person_iou(np.stack(p_keras), labels), _person_iou(np.stack(p_lite), labels)
+        out.update(person_iou_keras=round(k, 5), person_iou_tflite=round(t, 5), person_iou_difference=round(t - k, 5))
+    return out
+
+
+def export_tflite(source, output, weights=None, quantize: str = "none", io: str = "float32",
+                  head: str = "logits", calibration_data=None, calibration_split: str | None = "train",
+                  num_calibration: int = 200, parity_data=None, parity_split: str | None = "val",
+                  num_parity: int = 50, metadata: bool = False, input_size=None, seed: int = 0,
+                  int8_ranges: str = "minmax", equalize: bool = True) -> ExportReport:
+    """Export ``source`` (a Keras model, ``.keras`` file, or registry name + ``weights``)
+    to ``output`` (``.tflite``) and write ``<output>.json`` beside it.
+
+    int8: the model is first rewritten for int8 (:func:`sinet_tf.export.rewrite.int8_friendly`,
+    with per-channel range equalization on the first calibration images when ``equalize``),
+    and activation ranges come from the calibration images as ``int8_ranges`` says
+    (:func:`sinet_tf.export.quantize.convert`); how the choices compare is measured in
+    ``benchmarks/export_parity.py`` (results in ``benchmarks/results/``).
+
+    Parity with the Keras model is measured on ``parity_data`` (default: the calibration
+    images; without either, seeded uniform noise), as max |difference| of the output and
+    of the person probability, and person IoU of both when labels exist. Existing files
+    are replaced only once the new ones are complete.
+    """
+    output = Path(output)
+    if output.suffix != ".tflite":
+        raise ExportError(f"{output}: the output must be a .tflite file")
+    if quantize not in QUANTIZE_MODES:
+        raise ExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if quantize == "int8" and calibration_data is None:
+        raise ExportError("int8 quantization needs calibration images: give --calibration-data SRC "
+                          "(a dataset folder/list file, or synthetic[:N])")
+    if io != "float32" and quantize != "int8":
+        raise ExportError(f"--io {io} needs --quantize int8; a {quantize} model takes and returns float32")
+    if head not in OUTPUT_HEADS:
+        raise ExportError(f"unknown output head {head!r}; choose one of {', '.join(OUTPUT_HEADS)}")
+    if isinstance(source, (str, os.PathLike)):
+        model = load_export_source(source, weights, input_size=input_size)
+    else:
+        model = source
+    model = with_output_head(with_fixed_batch(model, 1), head)
+    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+
+    images = labels = None
+    if calibration_data is not None:
+        images, labels = calibration_images(calibration_data, calibration_split, size, num_calibration, seed)
+    t0 = time.perf_counter()
+    if quantize == "int8":
+        friendly = int8_friendly(model, images=images[:EQUALIZATION_IMAGES] if equalize else None)
+        data = convert(friendly, quantize, io, representative_dataset(images), ranges=int8_ranges)
+    else:
+        data = convert(model, quantize, io)
+    seconds = time.perf_counter() - t0
+    contents = inspect_tflite(data, quantize)
+    if contents.problems:
+        raise ExportError(f"{output}: the converted model breaks the export rules:\n  - "
+                          + "\n  - ".join(contents.problems))
+    _check_io_scale(contents, io)
+
+    if parity_data is not None:
+        p_images, p_labels = calibration_images(parity_data, parity_split, size, num_parity, seed)
+        what = f"images of {parity_data} ({parity_split})"
+    elif images is not None:
+        p_images, p_labels, what = images[:num_parity], labels[:num_parity], f"calibration images of {calibration_data}"
+    else:
+        p_images = np.random.default_rng(seed).uniform(0, 255, (4, *size, 3)).astype(np.float32)
+        p_labels, what = None, "seeded uniform-noise inputs in [0, 255]"
+    runner = TFLiteRunner(data)
+    parity = {"images": what, **_parity(model, runner, head, p_images, p_labels)}
+    gpu = check_gpu_compatibility(data)
+
+    extra = {"keras_outputs": [model.output_names[0]], "num_calibration": 0 if images is None else len(images)}
+    if quantize == "int8":
+        extra["int8"] = {"ranges": int8_ranges, "equalized": bool(equalize)}
+    if metadata:
+        labels_names = ["background", "person"] if model.outputs[0].shape[-1] in (1, 2) else [
+            f"class_{i}" for i in range(int(model.outputs[0].shape[-1]))]
+        if head == "mask":
+            labels_names = ["person"]
+        activation = "none" if head != "logits" else ("sigmoid" if model.outputs[0].shape[-1] == 1 else "softmax")
+        data, metadata_json = add_segmenter_metadata(data, labels=labels_names, activation=activation)
+        extra["metadata"] = json.loads(metadata_json)
+    report = ExportReport(
+        output=str(output), model=model.name, quantize=quantize, io=io, head=head, size_bytes=len(data),
+        ops=contents.op_counts(), inputs=contents.inputs, outputs=contents.outputs, parity=parity,
+        convert_seconds=seconds, gpu=gpu, extra=extra)
+    write_atomic(data, output)
+    write_atomic(json.dumps(report.to_dict(), indent=2).encode(), output.with_suffix(".json"))
+    return report
+
+
+def _check_io_scale(contents, io: str) -> None:
+    """uint8/int8 inputs must carry pixels as they are (scale 1), so a phone feeds camera bytes."""
+    if io == "float32":
+        return
+    d = contents.inputs[0]
+    want = 0 if io == "uint8" else -128
+    if d["scale"] is None or abs(d["scale"] - 1.0) > 1e-6 or d["zero_point"] != want:
+        raise ExportError(f"the {io} input was calibrated to scale {d['scale']}, zero point {d['zero_point']}; "
+                          f"expected 1.0 and {want} (pixels as they are)")
