@@ -186,8 +186,8 @@ def test_bad_values_are_one_line_errors():
 # --------------------------------------------------------------------------- guided filter
 
 
-def _brute_guided_filter(I, p, r, eps):
-    """He et al. Eq. 5, 6, 8 with explicit windows (clipped to the image), pixel by pixel."""
+def _brute_coefficients(I, p, r, eps):
+    """mean(a), mean(b) of He et al. Eq. 5, 6, 8 with explicit windows (clipped to the image)."""
     h, w = I.shape
     I, p = I.astype(np.float64), p.astype(np.float64)
     a, b = np.zeros((h, w)), np.zeros((h, w))
@@ -198,12 +198,17 @@ def _brute_guided_filter(I, p, r, eps):
             mu = wi.mean()
             a[y, x] = ((wi * wp).mean() - mu * wp.mean()) / (((wi - mu) ** 2).mean() + eps)
             b[y, x] = wp.mean() - a[y, x] * mu
-    q = np.zeros((h, w))
+    mean_a, mean_b = np.zeros((h, w)), np.zeros((h, w))
     for y in range(h):
         for x in range(w):
-            q[y, x] = (a[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].mean() * I[y, x]
-                       + b[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].mean())
-    return np.clip(q, 0, 1)
+            mean_a[y, x] = a[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].mean()
+            mean_b[y, x] = b[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].mean()
+    return mean_a, mean_b
+
+
+def _brute_guided_filter(I, p, r, eps):
+    mean_a, mean_b = _brute_coefficients(I, p, r, eps)
+    return np.clip(mean_a * I + mean_b, 0, 1)
 
 
 def test_guided_filter_against_brute_force():
@@ -213,6 +218,15 @@ def test_guided_filter_against_brute_force():
     for r, eps in ((1, 1e-3), (2, 1e-2), (4, 1e-3)):
         np.testing.assert_allclose(guided_filter(I, p, r, eps), _brute_guided_filter(I, p, r, eps), atol=2e-4,
                                    err_msg=f"r={r} eps={eps}")
+    # subsampled: coefficients of 2x2 block means (radius 5 // 2), resized back bilinearly
+    import cv2
+
+    I, p = I[:18, :22], p[:18, :22]
+    blocks = [v.reshape(9, 2, 11, 2).mean(axis=(1, 3)) for v in (I, p)]
+    mean_a, mean_b = (cv2.resize(c.astype(np.float32), (22, 18), interpolation=cv2.INTER_LINEAR)
+                      for c in _brute_coefficients(*blocks, 2, 1e-3))
+    np.testing.assert_allclose(guided_filter(I, p, 5, 1e-3, subsample=2), np.clip(mean_a * I + mean_b, 0, 1),
+                               atol=2e-4)
     x = rng.uniform(0, 1, (9, 11)).astype(np.float32)
     np.testing.assert_allclose(box_mean(x, 2)[0, 0], x[:3, :3].mean(), rtol=1e-6)  # window clipped at the corner
 
@@ -250,5 +264,8 @@ def test_keras_guided_filter_equals_numpy():
     rng = np.random.default_rng(5)
     rgb = rng.uniform(0, 255, (1, 20, 28, 3)).astype(np.float32)
     p = rng.uniform(0, 1, (1, 20, 28, 1)).astype(np.float32)
-    out = np.asarray(GuidedFilter(3, 1e-3)([keras.ops.convert_to_tensor(rgb), keras.ops.convert_to_tensor(p)]))
-    np.testing.assert_allclose(out[0, ..., 0], guided_filter(luma(rgb[0]), p[0, ..., 0], 3, 1e-3), atol=1e-4)
+    for subsample in (1, 2):
+        layer = GuidedFilter(3, 1e-3, subsample)
+        out = np.asarray(layer([keras.ops.convert_to_tensor(rgb), keras.ops.convert_to_tensor(p)]))
+        np.testing.assert_allclose(out[0, ..., 0], guided_filter(luma(rgb[0]), p[0, ..., 0], 3, 1e-3, subsample),
+                                   atol=1e-4, err_msg=f"subsample {subsample}")

@@ -12,7 +12,11 @@ model ``q = a_k I + b_k`` (Eq. 1) that best explains ``p`` with a penalty ``eps 
 
 so the output follows the photo's edges where ``p`` changes across them. Every mean is a
 box filter over the window clipped to the image (the count of pixels inside it divides
-the sum), which is what AVERAGE_POOL_2D with SAME padding computes.
+the sum), which is what AVERAGE_POOL_2D with SAME padding computes. ``var_k(I)``, computed
+as ``mean_k(I^2) - mean_k(I)^2``, is clamped at 0: in float16 (a phone's GPU may run the
+exported filter so) rounding can make it slightly negative, and ``eps`` (not below 1e-3,
+about float16's resolution near 1) keeps the division bounded. The defaults (radius,
+``eps``) were chosen on humanseg290's train split by ``benchmarks/edge_refine.py``.
 
 The model's probability is only ``224 x 224``; the photo is larger. :func:`guided_upsample`
 computes ``mean(a)``, ``mean(b)`` at the model's resolution (with the model's input as
@@ -22,7 +26,9 @@ arXiv:1505.00996, 2015, Algorithm 2, here with the model's own input as the subs
 guide; the same low-to-high-resolution step as the guided filtering layer of Wu et al.,
 "Fast End-to-End Trainable Guided Filter", CVPR 2018), at the cost of two resizes and a
 multiply-add per photo pixel. :func:`sinet_tf.postprocess.layers.with_guided_refinement`
-puts Eq. 5-8 at the model's resolution inside an exported model, out of CONV_2D (the luma), AVERAGE_POOL_2D,
+puts the filter inside an exported model, at the model's resolution with its
+coefficients on 2 x 2 blocks (:func:`guided_filter` with ``subsample=2``, a quarter of the
+box-filter work), out of CONV_2D (the luma), AVERAGE_POOL_2D,
 MUL, ADD, SUB, DIV, MAXIMUM and MINIMUM, all run by the mobile GPU delegate. Outputs are
 clipped to [0, 1].
 """
@@ -32,12 +38,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "LUMA", "REFINE_MODES", "box_mean", "check_refine",
+__all__ = ["DEFAULT_EPS", "DEFAULT_EXPORT_SUBSAMPLE", "DEFAULT_RADIUS", "LUMA", "REFINE_MODES", "box_mean", "check_refine",
            "guided_coefficients", "guided_filter", "guided_upsample", "luma"]
 
 REFINE_MODES = ("none", "guided")
-DEFAULT_RADIUS = 4      # window radius in model-input pixels (a 9 x 9 window at 224 x 224)
-DEFAULT_EPS = 1e-3      # regularization of Eq. 3, for a guide in [0, 1]
+DEFAULT_RADIUS = 5      # window radius in model-input pixels (an 11 x 11 window at 224 x 224)
+DEFAULT_EPS = 1e-3      # regularization of Eq. 3, for a guide in [0, 1]; not below float16's resolution
+DEFAULT_EXPORT_SUBSAMPLE = 2  # the exported filter computes its coefficients on 2x2 blocks
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -84,7 +91,7 @@ def guided_coefficients(guide: np.ndarray, prob: np.ndarray, radius: int = DEFAU
     if guide.shape != prob.shape:
         raise ValueError(f"guide {guide.shape} and probability {prob.shape} differ in size")
     m_i, m_p = box_mean(guide, radius), box_mean(prob, radius)
-    var_i = box_mean(guide * guide, radius) - m_i * m_i
+    var_i = np.maximum(box_mean(guide * guide, radius) - m_i * m_i, 0.0)
     cov_ip = box_mean(guide * prob, radius) - m_i * m_p
     a = cov_ip / (var_i + np.float32(eps))
     b = m_p - a * m_i
@@ -92,10 +99,26 @@ def guided_coefficients(guide: np.ndarray, prob: np.ndarray, radius: int = DEFAU
 
 
 def guided_filter(guide: np.ndarray, prob: np.ndarray, radius: int = DEFAULT_RADIUS,
-                  eps: float = DEFAULT_EPS) -> np.ndarray:
-    """Eq. 8 at the guide's resolution, clipped to [0, 1]."""
-    mean_a, mean_b = guided_coefficients(guide, prob, radius, eps)
-    return np.clip(mean_a * np.asarray(guide, np.float32) + mean_b, 0.0, 1.0)
+                  eps: float = DEFAULT_EPS, subsample: int = 1) -> np.ndarray:
+    """Eq. 8 at the guide's resolution, clipped to [0, 1]. With ``subsample`` ``s > 1`` the
+    coefficients come from the guide and probability averaged over ``s x s`` blocks, with
+    radius ``max(1, radius // s)``, and are resized back bilinearly before Eq. 8 (the fast
+    guided filter, He and Sun 2015, Algorithm 2); the size must be a multiple of ``s``."""
+    guide = np.asarray(guide, np.float32)
+    prob = np.asarray(prob, np.float32)
+    if subsample == 1:
+        mean_a, mean_b = guided_coefficients(guide, prob, radius, eps)
+    else:
+        h, w = guide.shape
+        if h % subsample or w % subsample:
+            raise ValueError(f"a guide of {h}x{w} is not a multiple of the subsampling {subsample}")
+        small = (w // subsample, h // subsample)
+        mean_a, mean_b = guided_coefficients(cv2.resize(guide, small, interpolation=cv2.INTER_AREA),
+                                             cv2.resize(prob, small, interpolation=cv2.INTER_AREA),
+                                             max(1, radius // subsample), eps)
+        mean_a = cv2.resize(mean_a, (w, h), interpolation=cv2.INTER_LINEAR)
+        mean_b = cv2.resize(mean_b, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(mean_a * guide + mean_b, 0.0, 1.0)
 
 
 def guided_upsample(guide_low: np.ndarray, prob_low: np.ndarray, guide_high: np.ndarray,
