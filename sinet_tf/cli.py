@@ -102,7 +102,10 @@ def cmd_export(args):
                            num_calibration=args.num_calibration, parity_data=args.parity_data,
                            parity_split=None if args.parity_split == "none" else args.parity_split,
                            num_parity=args.num_parity, metadata=args.metadata, input_size=input_size,
-                           int8_ranges=args.int8_ranges, equalize=not args.no_equalize)
+                           int8_ranges=args.int8_ranges, equalize=not args.no_equalize,
+                           temporal=args.temporal, temporal_strength=args.temporal_strength, refine=args.refine,
+                           refine_radius=args.refine_radius, refine_eps=args.refine_eps,
+                           refine_subsample=args.refine_subsample)
     print(report.summary())
     print(f"report: {Path(args.output).with_suffix('.json')}")
     return 0 if (report.gpu.compatible or args.allow_cpu_ops) else 3
@@ -235,7 +238,7 @@ def cmd_evaluate(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sinet_tf.postprocess.refine import DEFAULT_EPS, DEFAULT_RADIUS, REFINE_MODES
+    from sinet_tf.postprocess.refine import DEFAULT_EPS, DEFAULT_EXPORT_SUBSAMPLE, DEFAULT_RADIUS, REFINE_MODES
     from sinet_tf.postprocess.temporal import DEFAULT_STRENGTH, DEFAULT_TEMPORAL, TEMPORAL_MODES
 
     parser = argparse.ArgumentParser(prog="sinet", description="Mobile portrait segmentation: build, train, export, benchmark.")
@@ -322,6 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-image min/max averaged")
     p.add_argument("--no-equalize", action="store_true",
                    help="int8: skip the per-channel range equalization on calibration images")
+    p.add_argument("--refine", choices=("none", "guided"), default="none",
+                   help="with --output mask: guided filter on the matte, the input image as guide (GPU-delegate ops)")
+    p.add_argument("--refine-radius", type=int, default=DEFAULT_RADIUS, metavar="R",
+                   help=f"guided filter window radius in input pixels (default {DEFAULT_RADIUS})")
+    p.add_argument("--refine-eps", type=float, default=DEFAULT_EPS, metavar="EPS",
+                   help=f"guided filter regularization, > 0 (default {DEFAULT_EPS:g})")
+    p.add_argument("--refine-subsample", type=int, default=DEFAULT_EXPORT_SUBSAMPLE, metavar="S",
+                   help=f"guided filter coefficients on SxS blocks, a quarter of the work at 2 "
+                        f"(default {DEFAULT_EXPORT_SUBSAMPLE}; 1: at the input's resolution)")
+    p.add_argument("--temporal", default="none", metavar="{none,ema}",
+                   help="with --output mask: a second input, the previous matte, and the gated moving average of "
+                        "sinet predict --temporal ema (feed each output back; -1 everywhere for the first frame)")
+    p.add_argument("--temporal-strength", type=float, default=DEFAULT_STRENGTH, metavar="S",
+                   help=f"weight in [0, 1) the previous matte keeps (default {DEFAULT_STRENGTH})")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-gpu", help="check a .tflite file against the mobile GPU delegate's op rules")
