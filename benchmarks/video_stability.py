@@ -24,9 +24,10 @@ seed ``i``.
 
     python benchmarks/video_stability.py [--quick] [--json OUT.json]
 
-``--quick`` (8 videos x 30 frames, a few minutes on 2 cores); the default is all 60 val
-photos x 60 frames. Writes the rows as a JSON list to ``--json`` (default
-benchmarks/results/video_stability.json) and a Markdown table beside it (``.md``).
+``--quick`` (8 videos x 30 frames, about a minute on 2 cores); the default is all 60 val
+photos x 60 frames (about 20 minutes). Writes the rows as a JSON list to ``--json`` (default
+benchmarks/results/video_stability.json, with ``--quick`` video_stability_quick.json) and
+a Markdown table beside it (``.md``).
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def run(quick: bool, n_videos: int | None, n_frames: int | None, selfie: Path | 
     if selfie is not None:
         import mediapipe as mp
 
-        mp_acc = Accumulator(model="mediapipe_selfie", temporal="none (VIDEO running mode)", strength=0.0,
-                             refine="none")
+        mp_acc = Accumulator(model="mediapipe_selfie", temporal="none", strength=0.0, refine="none",
+                             running_mode="VIDEO")
     t_start = time.perf_counter()
     for k, i in enumerate(picks):
         image, labels = val.read(int(i))
@@ -167,7 +168,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| model | temporal | strength | refine | person IoU | vs none | instability | vs none | flip rate | "
              "boundary F | ms/frame |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['temporal']} | {r['strength']:g} | {r['refine']} | {r['person_iou']:.4f} | "
+        model = r["model"] + (f" ({r['running_mode']} running mode)" if r.get("running_mode") else "")
+        lines.append(f"| {model} | {r['temporal']} | {r['strength']:g} | {r['refine']} | {r['person_iou']:.4f} | "
                      f"{r['person_iou_vs_none']:+.4f} | {r['instability']:.4f} | {r['instability_vs_none']:.2f}x | "
                      f"{r['flip_rate']:.4f} | {r['boundary_f']:.4f} | {r['ms_per_frame']:.2f} |")
     r = rows[0]
@@ -179,8 +181,9 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 videos x 30 frames (a few minutes on 2 cores)")
-    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "video_stability.json"),
-                        help="where the JSON list of rows goes (a .md table is written beside it)")
+    parser.add_argument("--json", help="where the JSON list of rows goes, a .md table beside it (default "
+                                       "benchmarks/results/video_stability.json, or video_stability_quick.json "
+                                       "with --quick)")
     parser.add_argument("--videos", type=int, help="number of videos (default 60; --quick 8)")
     parser.add_argument("--frames", type=int, help="frames per video (default 60; --quick 30)")
     parser.add_argument("--selfie", default=str(SELFIE), help="MediaPipe's selfie_segmentation.tflite")
@@ -196,7 +199,8 @@ def main(argv=None) -> int:
         if value is not None and value < (2 if name == "--frames" else 1):
             parser.error(f"{name} {value}: too small")
     rows = run(args.quick, args.videos, args.frames, selfie, say=lambda m: print(m, file=sys.stderr, flush=True))
-    out = Path(args.json)
+    out = Path(args.json) if args.json else \
+        REPO / "benchmarks" / "results" / f"video_stability{'_quick' if args.quick else ''}.json"
     write_atomic(json.dumps(rows, indent=2).encode(), out)
     write_atomic(markdown(rows).encode(), out.with_suffix(".md"))
     print(markdown(rows))
