@@ -35,7 +35,7 @@ from sinet_tf.export.quantize import (
     convert,
     inspect_tflite,
 )
-from sinet_tf.export.rewrite import int8_friendly
+from sinet_tf.export.rewrite import float_friendly, int8_friendly
 from sinet_tf.export.tflite import with_fixed_batch
 from sinet_tf.files import write_atomic
 from sinet_tf.inference import resize_to_input
@@ -262,8 +262,8 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     if quantize == "int8":
         friendly = int8_friendly(model, images=images[:EQUALIZATION_IMAGES] if equalize else None)
         data = convert(friendly, quantize, io, representative_dataset(images), ranges=int8_ranges)
-    else:
-        data = convert(model, quantize, io)
+    else:  # float32 / fp16 / dynamic: the float pass list (sinet_tf.export.rewrite), same function
+        data = convert(float_friendly(model), quantize, io)
     seconds = time.perf_counter() - t0
     contents = inspect_tflite(data, quantize)
     if contents.problems:
