@@ -9,6 +9,8 @@ from sinet_tf.export import check_gpu_compatibility, convert_float32
 from sinet_tf.model_cost import count_params
 from sinet_tf.runtime import TFLiteRunner
 
+from registry_cases import assert_outputs_match, batchnorm_from_data
+
 PAPER_PARAMS = 2.08e6  # paper: 2.08 M parameters (2.1 M in the text)
 SMALL = (64, 64, 3)
 
@@ -60,6 +62,7 @@ def test_portraitnet_missing_backbone_weights_file_is_an_error(tmp_path):
 
 
 def test_portraitnet_two_output_tflite_matches_keras_and_is_gpu_compatible(two_output_model):
+    batchnorm_from_data(two_output_model, _pixels(7, batch=4))   # O(1) outputs, as in a trained network
     data = convert_float32(two_output_model)
     x = _pixels(6)
     mask, edge = (np.asarray(t) for t in two_output_model(x, training=False))
@@ -70,8 +73,8 @@ def test_portraitnet_two_output_tflite_matches_keras_and_is_gpu_compatible(two_o
     runner(x)  # the runner returns the first output only; read both from the interpreter
     by_channels = {int(o["shape"][-1]): runner.interpreter.get_tensor(o["index"]) for o in outputs}
     assert sorted(by_channels) == [1, 2]
-    np.testing.assert_allclose(by_channels[2], mask, atol=1e-4)
-    np.testing.assert_allclose(by_channels[1], edge, atol=1e-4)
+    assert_outputs_match(by_channels[2], mask, rtol=1e-4, what="mask logits, TFLite vs Keras")
+    assert_outputs_match(by_channels[1], edge, rtol=1e-4, what="edge logits, TFLite vs Keras")
     report = check_gpu_compatibility(data)
     assert report.compatible, report.summary()
     assert report.op_counts().get("TRANSPOSE_CONV") == 5
