@@ -117,10 +117,16 @@ def write_png_atomic(image: np.ndarray, path: str | os.PathLike) -> Path:
 
 
 def save_keras_atomic(model, path: str | os.PathLike) -> Path:
-    """``model.save`` to a temporary ``.keras`` file beside ``path``, then rename over it."""
+    """``model.save`` to a temporary ``.keras`` file beside ``path``, then rename over it.
+    A model with a non-finite weight (NaN or inf) is refused: such a file would load and
+    predict garbage without an error."""
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"{path}: the output must be a .keras file")
+    for var in getattr(model, "weights", []):
+        if not np.isfinite(np.asarray(var)).all():
+            raise ValueError(f"{path}: not written: weight {getattr(var, 'path', var.name)} of model "
+                             f"{model.name!r} holds NaN or inf")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial.keras")
     try:
