@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 __all__ = ["read_rgb", "exif_orientation", "apply_exif_orientation", "atomic_path", "write_atomic",
-           "write_png_atomic", "write_image_atomic", "save_keras_atomic", "IMAGE_SUFFIXES"]
+           "write_png_atomic", "write_image_atomic", "save_keras_atomic", "decode_image", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -51,17 +54,82 @@ def apply_exif_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+# The warnings libjpeg prints (to the process's stderr, through its default error manager,
+# which OpenCV keeps) when it decodes a damaged JPEG only partly: it fills what it could not
+# decode with grey, and cv2.imdecode still returns an image. Their texts come from libjpeg's
+# jerror.h (JWRN_* messages).
+_LIBJPEG_WARNING = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|"
+                              r"Unknown Adobe color transform|Warning: unknown JFIF revision|"
+                              r"Application transferred too many scanlines|Inconsistent progression|"
+                              r"Corrupt JPEG data: bad|Invalid (?:crop|color quantization)).*")
+_STDERR_LOCK = threading.Lock()
+_CAPTURE: list = []
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """File descriptor 2 redirected to a temporary file (one decode at a time); yields a
+    list that receives the lines written meanwhile."""
+    lines: list[str] = []
+    with _STDERR_LOCK:
+        if not _CAPTURE:
+            _CAPTURE.append(tempfile.TemporaryFile())
+        capture = _CAPTURE[0]
+        capture.seek(0)
+        capture.truncate()
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError):
+            pass
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines.extend(capture.read().decode("utf-8", "replace").splitlines())
+
+
+def decode_image(data, flags: int = cv2.IMREAD_UNCHANGED) -> tuple[np.ndarray | None, list[str]]:
+    """``cv2.imdecode`` of encoded bytes, plus the warnings libjpeg gave for a JPEG it could
+    decode only partly ("Corrupt JPEG data: premature end of data segment", "... bad
+    Huffman code", "Premature end of JPEG file", ...): such a photo comes back as an array
+    whose damaged part is flat grey, so callers treat a warning as an unreadable file.
+    Damage that still decodes as valid JPEG data gives no warning and cannot be told from
+    a real photo by a decoder."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if buf.size == 0:
+        return None, []
+    if bytes(buf[:3]) != b"\xff\xd8\xff":
+        return cv2.imdecode(buf, flags), []
+    try:
+        with _stderr_captured() as lines:
+            arr = cv2.imdecode(buf, flags)
+    except OSError:   # no file descriptor 2 to redirect: decode without the check
+        return cv2.imdecode(buf, flags), []
+    warnings = [line.strip() for line in lines if _LIBJPEG_WARNING.match(line.strip())]
+    others = [line for line in lines if not _LIBJPEG_WARNING.match(line.strip())]
+    if others:   # another thread's output written while we listened: pass it on
+        print("\n".join(others), file=sys.stderr)
+    return arr, warnings
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image as upright ``uint8 [H, W, 3]`` RGB: greyscale and alpha images are
-    converted, and the EXIF orientation is applied (as the dataset readers do)."""
+    converted, and the EXIF orientation is applied (as the dataset readers do). A JPEG
+    that libjpeg decodes only partly is refused (:func:`decode_image`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # the orientation is applied below, explicitly
-    bgr = cv2.imdecode(data, flags) if data.size else None
+    bgr, warnings = decode_image(data, flags)
     if bgr is None:
         raise ValueError(f"{path}: cannot decode this file as an image (corrupt, truncated or not an image)")
+    if warnings:
+        raise ValueError(f"{path}: corrupt JPEG data ({'; '.join(dict.fromkeys(warnings))}): it decodes only partly")
     return apply_exif_orientation(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), exif_orientation(data.tobytes()))
 
 
