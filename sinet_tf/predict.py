@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,7 +32,8 @@ import numpy as np
 
 from sinet_tf.files import IMAGE_SUFFIXES, atomic_path, read_rgb, write_image_atomic
 
-__all__ = ["VIDEO_SUFFIXES", "PredictInput", "expand_inputs", "parse_background", "composite", "predict"]
+__all__ = ["VIDEO_SUFFIXES", "InputsFailed", "PredictInput", "check_threshold", "expand_inputs", "parse_background",
+           "composite", "predict"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 _FALLBACK_FPS = 30.0
@@ -147,7 +149,10 @@ def composite(image: np.ndarray, probability: np.ndarray, background: np.ndarray
 
 
 def _predict_image(segmenter, item: PredictInput, out_dir: Path, threshold: float, background) -> list[Path]:
-    image = read_rgb(item.source)
+    try:
+        image = read_rgb(item.source)
+    except OSError as e:   # e.g. no read permission: a problem of this input, not of the run
+        raise ValueError(f"{item.source}: cannot read it ({e.strerror or e})") from None
     prob = segmenter.person_probability(image)
     mask = (prob > threshold).astype(np.uint8)
     written = [write_image_atomic(mask * 255, out_dir / f"{item.stem}_mask.png"),
@@ -262,6 +267,30 @@ def _predict_video(segmenter, item: PredictInput, out_dir: Path, threshold: floa
 # --------------------------------------------------------------------------- entry point
 
 
+class InputsFailed(ValueError):
+    """Some inputs could not be segmented (the others were): ``failed`` holds ``(input,
+    message)`` pairs, ``total`` the number of inputs."""
+
+    def __init__(self, failed: list[tuple[PredictInput, str]], total: int):
+        self.failed, self.total = failed, total
+        if len(failed) == 1 and total == 1:
+            text = failed[0][1]
+        else:
+            text = (f"{len(failed)} of {total} inputs failed: "
+                    + "; ".join(f"{item}: {message}" for item, message in failed))
+        super().__init__(text)
+
+
+def check_threshold(threshold: float) -> float:
+    """A person-probability threshold strictly between 0 and 1 (at 0 or 1 and beyond, the
+    mask is all person or empty whatever the photo)."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"--threshold {threshold:g}: expected a probability strictly between 0 and 1 "
+                         "(default 0.5)")
+    return float(threshold)
+
+
+
 def predict(segmenter, inputs, output, threshold: float = 0.5, background: str | None = None,
             max_frames: int | None = None) -> list[Path]:
     """Segment every input (see the module docstring) with ``segmenter`` (a
@@ -269,6 +298,7 @@ def predict(segmenter, inputs, output, threshold: float = 0.5, background: str |
     written. ``max_frames`` stops videos and webcams after that many frames."""
     from rich.progress import track
 
+    check_threshold(threshold)
     items = expand_inputs(inputs)
     make_background = parse_background(background)
     if max_frames is not None and max_frames < 1:
@@ -276,10 +306,24 @@ def predict(segmenter, inputs, output, threshold: float = 0.5, background: str |
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    failed: list[tuple[PredictInput, str]] = []
+
+    def attempt(item, run):
+        # a photo or video that cannot be read is reported and skipped; the output folder's
+        # errors (permissions, full disk) end the run, as every later input would fail the same way
+        try:
+            written.extend(run())
+        except ValueError as e:
+            failed.append((item, str(e)))
+            if len(items) > 1:
+                print(f"{item}: error: {e}", file=sys.stderr, flush=True)
+
     images = [x for x in items if x.kind == "image"]
     for item in track(images, description="segmenting photos", disable=len(images) < 2):
-        written += _predict_image(segmenter, item, out_dir, threshold, make_background)
+        attempt(item, lambda: _predict_image(segmenter, item, out_dir, threshold, make_background))
     for item in items:
         if item.kind != "image":
-            written += _predict_video(segmenter, item, out_dir, threshold, make_background, max_frames)
+            attempt(item, lambda: _predict_video(segmenter, item, out_dir, threshold, make_background, max_frames))
+    if failed:
+        raise InputsFailed(failed, len(items))
     return written
