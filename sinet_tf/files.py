@@ -92,13 +92,44 @@ def _stderr_captured():
             lines.extend(capture.read().decode("utf-8", "replace").splitlines())
 
 
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")   # after entropy-coded data: not a stuffed 0xff00, not RSTn
+
+
+def _jpeg_truncation(buf: bytes) -> str | None:
+    """Walks the JPEG's segments (ITU T.81, Annex B) to its end-of-image marker: a file that
+    ends before it was cut short or overwritten, which OpenCV's memory source hides from
+    libjpeg (it feeds an end marker of its own, so no warning is given)."""
+    i, n = 2, len(buf)
+    while i + 1 < n:
+        if buf[i] != 0xFF:
+            return f"stray bytes at offset {i} where a JPEG marker should be"
+        marker = buf[i + 1]
+        if marker == 0xFF:                                # fill byte
+            i += 1
+        elif marker == 0xD9:                              # end of image
+            return None
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:    # markers without a length
+            i += 2
+        elif i + 3 >= n:
+            break
+        elif marker == 0xDA:                              # start of scan: entropy-coded data up to the next marker
+            m = _NEXT_MARKER.search(buf, i + 2 + int.from_bytes(buf[i + 2:i + 4], "big"))
+            if m is None:
+                break
+            i = m.start()
+        else:
+            i += 2 + int.from_bytes(buf[i + 2:i + 4], "big")
+    return "Premature end of JPEG file (no end-of-image marker: truncated or overwritten)"
+
+
 def decode_image(data, flags: int = cv2.IMREAD_UNCHANGED) -> tuple[np.ndarray | None, list[str]]:
     """``cv2.imdecode`` of encoded bytes, plus the warnings libjpeg gave for a JPEG it could
     decode only partly ("Corrupt JPEG data: premature end of data segment", "... bad
     Huffman code", "Premature end of JPEG file", ...): such a photo comes back as an array
-    whose damaged part is flat grey, so callers treat a warning as an unreadable file.
-    Damage that still decodes as valid JPEG data gives no warning and cannot be told from
-    a real photo by a decoder."""
+    whose damaged part is flat grey, so callers treat a warning as an unreadable file. A
+    JPEG that ends before its end-of-image marker is reported too (OpenCV pads such a file
+    silently). Damage that still decodes as valid JPEG data gives no warning and cannot be
+    told from a real photo by a decoder."""
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if buf.size == 0:
         return None, []
@@ -110,6 +141,10 @@ def decode_image(data, flags: int = cv2.IMREAD_UNCHANGED) -> tuple[np.ndarray | 
     except OSError:   # no file descriptor 2 to redirect: decode without the check
         return cv2.imdecode(buf, flags), []
     warnings = [line.strip() for line in lines if _LIBJPEG_WARNING.match(line.strip())]
+    if arr is not None:
+        truncated = _jpeg_truncation(buf.tobytes())
+        if truncated:
+            warnings.append(truncated)
     others = [line for line in lines if not _LIBJPEG_WARNING.match(line.strip())]
     if others:   # another thread's output written while we listened: pass it on
         print("\n".join(others), file=sys.stderr)
@@ -137,21 +172,37 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     """A temporary file beside ``path`` for a writer that needs a file name (e.g. a video
     writer, which picks the container from ``suffix``, default ``path``'s); renamed over
-    ``path`` when the block ends without an error, removed otherwise."""
+    ``path`` when the block ends without an error, removed otherwise. An ``OSError`` about
+    the temporary file (no permission, full disk) is raised about ``path``, the name the
+    user gave."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp")
+        os.close(fd)
         yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except OSError as e:
+        _remove(tmp)
+        if e.errno is not None and (e.filename is None or str(e.filename).startswith(
+                str(path.parent / f".{path.name}."))):
+            raise type(e)(e.errno, e.strerror, str(path)) from e
         raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(tmp):
+    if tmp is not None and os.path.exists(tmp):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
@@ -200,6 +251,10 @@ def save_keras_atomic(model, path: str | os.PathLike) -> Path:
     try:
         model.save(tmp)
         os.replace(tmp, path)
+    except OSError as e:   # about the name the user gave, not the temporary one
+        if e.errno is None:
+            raise
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     finally:
         if tmp.exists():
             tmp.unlink()

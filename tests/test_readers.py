@@ -652,3 +652,22 @@ def test_cli_data_check(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = _run(capsys, "data", "check", tmp_path / "empty")
     assert code == 2 and "empty" in err
+
+
+def test_damaged_jpegs_are_told_from_real_photos(humanseg):
+    """libjpeg's warnings and the end-of-image walk flag damaged JPEGs that OpenCV still
+    returns as images, and none of humanseg290's 290 real photos."""
+    from sinet_tf.files import decode_image
+
+    flagged = [p.name for p in sorted((humanseg / "images").glob("*.jpg")) if decode_image(p.read_bytes())[1]]
+    assert flagged == []
+    good = (humanseg / "images" / "2.jpg").read_bytes()
+    tail_zeroed = good[:len(good) // 2] + bytes(len(good) - len(good) // 2)   # the end marker overwritten
+    assert cv2.imdecode(np.frombuffer(tail_zeroed, np.uint8), cv2.IMREAD_COLOR) is not None
+    image, warnings = decode_image(tail_zeroed)
+    assert image is not None and warnings and "no end-of-image marker" in warnings[0]
+    middle = bytearray((humanseg / "images" / "5.jpg").read_bytes())
+    middle[len(middle) // 2:len(middle) // 2 + 2000] = bytes(2000)
+    assert decode_image(bytes(middle))[1] == ["Corrupt JPEG data: premature end of data segment"]
+    with_trailer = good + b"camera maker's trailing data"
+    assert decode_image(with_trailer)[1] == []
