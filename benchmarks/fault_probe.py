@@ -183,11 +183,13 @@ def classify(case: Case, code, out: str, err: str) -> tuple[str, str]:
     bad = [m for m in MISLEADING if re.search(m, text)]
     if bad:
         return "poor", f"misleading: {bad[0]}"
-    missing = [m for m in case.mentions if m.lower() not in text.lower()]
+    missing = [m for m in case.mentions if m.lower() not in (text + "\n" + out).lower()]
     if missing:
         return "poor", f"does not name {missing[0]!r}"
     error_at = next((i for i, line in enumerate(lines) if ": error: " in line or line.startswith("error:")), None)
     if error_at is None:
+        if code == 1 and out.strip():   # a report of the problems found (sinet data check) on stdout
+            return "clear", "report: " + next((ln.strip() for ln in out.splitlines() if "[" in ln), "")[:200]
         return "poor", "no error line"
     if len(lines) - error_at > 8:
         return "poor", f"{len(lines) - error_at} lines of message"

@@ -323,7 +323,11 @@ def cmd_evaluate(args):
 
 
 def _exit_code_table() -> str:
-    return "exit codes:\n" + "\n".join(f"  {code:>3}  {text.replace('`', '')}" for code, text in EXIT_CODES.items())
+    import textwrap
+
+    return "exit codes:\n" + "\n".join(
+        textwrap.fill(text.replace("`", ""), width=100, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+        for code, text in EXIT_CODES.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
