@@ -273,6 +273,8 @@ def test_registry_name_without_weights(capsys, tmp_path, humanseg):
                           "--json")
     assert code == 0 and "warning: 'sinet_encoder' is a registry name without --weights" in err
     assert json.loads(out)["split"] is None
+    code, out, _ = _run(capsys, "evaluate", "sinet_encoder", "--data", "synthetic:10", "--split", "none")
+    assert code == 0 and "(whole folder, 10 images)" in out and "None" not in out
 
 
 def test_threshold_outside_zero_one_is_refused(capsys, tmp_path, official_keras, humanseg):
