@@ -47,6 +47,8 @@ def _console():
 
 
 def cmd_models(args):
+    if args.presets:
+        return _list_presets(args)
     import sinet_tf
     from sinet_tf.model_cost import count_macs, count_params
 
@@ -75,6 +77,47 @@ def cmd_models(args):
         table.add_row(r["name"], f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f} M",
                       "x".join(map(str, r["input_size"])), str(r["num_classes"]), r["paper"])
     _console().print(table)
+    return 0
+
+
+def _list_presets(args):
+    """``sinet models --presets``: the bundled presets (or the named ones, names or folders),
+    read from their config.json files without building anything."""
+    from sinet_tf.presets import find_preset, list_presets
+
+    rows = [find_preset(name).summary() for name in (args.names or list_presets())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="sinet-tf presets (sinet predict NAME photo.jpg -o out; a preset folder works the same)")
+    for col, kw in [("name", {"no_wrap": True}), ("architecture", {"no_wrap": True}), ("input", {}),
+                    ("normalization", {}), ("source", {}), ("licence", {}),
+                    ("val person IoU", {"justify": "right"})]:
+        table.add_column(col, **kw)
+    for r in rows:
+        iou = "" if r["val_person_iou"] is None else f"{r['val_person_iou']:.4f}"
+        if iou and r["val_data"]:
+            iou += f" ({r['val_data']} {r['val_split'] or ''})".replace(" )", ")")
+        table.add_row(r["name"], r["architecture"], "x".join(map(str, r["input_size"])), r["normalization"] or "",
+                      r["source"] or "", r["license"] or "not stated", iou)
+    _console().print(table)
+    return 0
+
+
+def cmd_preset_save(args):
+    from sinet_tf.loading import from_preset, save_preset
+    from sinet_tf.presets import find_preset, metrics_from_evaluation
+
+    metrics = metrics_from_evaluation(args.metrics) if args.metrics else None
+    out = save_preset(args.source, args.output, name=args.name, description=args.description,
+                      source_text=args.source_text, license=args.license, license_file=args.license_file,
+                      metrics=metrics)
+    from_preset(out)  # the folder loads back (weights complete and finite) before it is reported
+    row = find_preset(out).summary()
+    iou = "" if row["val_person_iou"] is None else f", val person IoU {row['val_person_iou']:.4f}"
+    print(f"preset {row['name']!r} ({row['architecture']}, {'x'.join(map(str, row['input_size']))}{iou}) -> {out}")
     return 0
 
 
@@ -336,10 +379,35 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list every registered model with params and multiply-adds")
-    p.add_argument("names", nargs="*", help="only these models (default: all; building the large ones takes a minute)")
+    p = sub.add_parser("models", help="list every registered model with params and multiply-adds, or the presets")
+    p.add_argument("names", nargs="*", help="only these models (default: all; building the large ones takes a "
+                                            "minute); with --presets, preset names or folders")
+    p.add_argument("--presets", action="store_true", help="list the presets (models with weights: name, "
+                                                          "architecture, input size, normalization, source, "
+                                                          "licence, measured val person IoU) instead")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("preset", help="make presets: a trained model as a folder every command takes as a model")
+    preset_sub = p.add_subparsers(dest="preset_command", required=True)
+    p = preset_sub.add_parser(
+        "save", help="make a preset folder of a training run or a .keras file",
+        description="Writes OUT_DIR/config.json (architecture, input size, normalization, source, licence, "
+                    "metrics) with the weights (weights.npz, or model.keras when the registry cannot build the "
+                    "network again) and, from a run, its history.csv and best validation person IoU. The folder "
+                    "is then a model for sinet predict, export, evaluate and sinet_tf.from_preset. An existing "
+                    "preset folder is replaced.")
+    p.add_argument("source", help="training run folder (sinet train -o DIR: its last stage's best.keras) or a "
+                                  ".keras file")
+    p.add_argument("output", help="preset folder to write")
+    p.add_argument("--name", help="preset name (default: the folder's name)")
+    p.add_argument("--description", help="one line on what the preset is")
+    p.add_argument("--source-text", metavar="TEXT", help="where the weights come from (default: the run or file)")
+    p.add_argument("--license", help="the weights' licence, e.g. an SPDX id such as MIT (default: not stated)")
+    p.add_argument("--license-file", help="licence text to copy into the folder as LICENSE")
+    p.add_argument("--metrics", metavar="EVAL.json", help="record the output of `sinet evaluate --json` as the "
+                                                          "preset's metrics (instead of the run's validation)")
+    p.set_defaults(func=cmd_preset_save)
 
     p = sub.add_parser("import-weights", help="import an official PyTorch checkpoint into a .keras model")
     p.add_argument("architecture", choices=["sinet", "extremec3net"])
@@ -354,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--background, <stem>_composite.mp4 (mp4v, the input's frame rate and frame count; the audio "
                     "track is not carried over). Photos keep their aspect ratio (letterboxed to the model's "
                     "input) and their EXIF orientation.")
-    p.add_argument("model", help=".keras, .tflite, or a registry name (with --weights)")
+    p.add_argument("model", help=".keras, .tflite, a preset (a name from sinet models --presets, or a preset "
+                                 "folder), or a registry name (with --weights)")
     p.add_argument("inputs", nargs="+", help="image files, folders (their top-level images and videos), videos "
                                              "(.mp4 .avi .mov .mkv .webm), or a webcam index such as 0")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -380,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a .tflite (batch 1; fp32/fp16/dynamic/int8) with a JSON report "
                                       "and GPU-delegate check")
-    p.add_argument("source", help=".keras file, or a registry name (with --weights)")
+    p.add_argument("source", help=".keras file, a preset (a name from sinet models --presets, or a "
+                                  "preset folder), or a registry name (with --weights)")
     p.add_argument("-o", "--output", required=True, help="output .tflite file (OUT.json is written beside it)")
     p.add_argument("--weights", help="checkpoint for a registry model name (.npz, .pth, .weights.h5)")
     p.add_argument("--quantize", choices=["none", "fp16", "dynamic", "int8"], default="none")
@@ -453,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="person IoU, mIoU, pixel accuracy and boundary F on a dataset")
-    p.add_argument("model", help=".keras, .tflite, or a registry name (with --weights)")
+    p.add_argument("model", help=".keras, .tflite, a preset (a name from sinet models --presets, or a preset "
+                                 "folder), or a registry name (with --weights)")
     p.add_argument("--data", required=True, help="dataset folder or list file, or synthetic[:N]")
     p.add_argument("--split", default="val", help="split to evaluate (default val; 'none' for the whole folder)")
     p.add_argument("--weights", help="checkpoint for a registry model name")
@@ -510,17 +581,20 @@ def _no_file_above(p: Path, flag: str):
 def _registry_name_without_weights(model, weights, refuse: bool):
     """A registry name without ``--weights`` has random, untrained weights: ``predict`` refuses
     it (its masks would mean nothing), ``evaluate`` and ``export`` warn (a baseline score, a
-    file to time)."""
+    file to time). Presets and files carry their weights; other names fail later, when the
+    model is loaded, with the closest names."""
     if weights is not None or Path(str(model)).suffix.lower() in (".keras", ".tflite"):
         return
-    from sinet_tf.registry import get_model_info
+    from sinet_tf.presets import resolve_preset
+    from sinet_tf.registry import list_models
 
-    get_model_info(str(model))        # an unknown name fails first, with the closest names
+    if str(model) not in list_models() or resolve_preset(model) is not None:
+        return
     text = f"{model!r} is a registry name without --weights: its weights are random (untrained)"
     if refuse:
-        raise ValueError(f"{text}, so its masks would mean nothing; give --weights CHECKPOINT, or a trained "
-                         ".keras/.tflite file")
-    print(f"sinet: warning: {text}; give --weights CHECKPOINT for a trained model", file=sys.stderr)
+        raise ValueError(f"{text}, so its masks would mean nothing; give --weights CHECKPOINT, a preset "
+                         "(sinet models --presets) or a trained .keras/.tflite file")
+    print(f"sinet: warning: {text}; give --weights CHECKPOINT, or a preset, for a trained model", file=sys.stderr)
 
 
 _OS_HINTS = {

@@ -17,7 +17,7 @@ FLOORS = [
     ["sinet_tf", "sinet_tf.compat", "sinet_tf.files", "sinet_tf.progress", "sinet_tf.registry"],
     ["sinet_tf.layers", "sinet_tf.data", "sinet_tf.losses", "sinet_tf.metrics", "sinet_tf.runtime"],
     ["sinet_tf.backbones", "sinet_tf.model_cost"],
-    ["sinet_tf.models", "sinet_tf.weights"],
+    ["sinet_tf.models", "sinet_tf.weights", "sinet_tf.presets"],
     ["sinet_tf.loading"],
     ["sinet_tf.inference"],
     ["sinet_tf.evaluate"],
