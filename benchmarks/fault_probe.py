@@ -16,7 +16,7 @@ Runs in a temporary folder; needs the shared data (``../shared`` or ``$SINET_SHA
 official SINet checkpoint and humanseg290). A read-only folder and a full disk are small
 tmpfs mounts when the probe may mount (root in a container that allows it), else a chmod
 0555 folder and a file-size limit (RLIMIT_FSIZE). Writes ``fault_probe.json`` and
-``fault_probe.md`` into ``--out``. About 15 minutes on a 2-core CPU.
+``fault_probe.md`` into ``--out``. 20 to 50 minutes on a shared 2-core CPU.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Case:
     expect: str = "error"            # error | warn | ok
     mentions: tuple[str, ...] = ()   # texts a clear message names (file, key, value)
     warning: str = ""                # expect="warn": a text a warning must hold
-    check: Callable | None = None    # (proc) -> None or a note: a wrong result (silent) when a note
+    check: Callable | None = None    # (code, out, err) -> None, a note (silent on exit 0, else poor) or (category, note)
     lost: Callable | None = None     # () -> None or a note: data lost when a note
     env: dict = field(default_factory=dict)
     fault: str = ""                  # "", readonly, diskfull
@@ -170,6 +170,8 @@ def classify(case: Case, code, out: str, err: str) -> tuple[str, str]:
             return "lost", note
     if case.check is not None:
         note = case.check(code, out, err)
+        if isinstance(note, tuple):   # (category, note): a wrong result whatever the exit code
+            return note
         if note:
             return ("silent" if code == 0 else "poor"), note
     lines = _message_lines(err)
@@ -376,7 +378,7 @@ def build_cases(p: Probe) -> list[Case]:
                 m = load_keras_model({str(f)!r})
                 sys.exit(0 if all(np.isfinite(x).all() for x in m.get_weights()) else 3)""")],
                 capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-            return "best.keras holds NaN weights" if r.returncode == 3 else (
+            return ("silent", "best.keras holds NaN weights") if r.returncode == 3 else (
                 None if code != 0 else "exit 0 after a diverged run")
         return check
 
@@ -617,6 +619,43 @@ def setup(p: Probe):
             raise SystemExit(f"setup failed: sinet {' '.join(argv)}\n{err[-3000:]}")
 
 
+def _counts(results) -> dict:
+    return {c: sum(r["category"] == c for r in results) for c in (*CATEGORIES, "not reproduced")}
+
+
+def _shown(sinet: list[str]) -> str:
+    """The probed command as a reader can repeat it (no paths of this machine)."""
+    if len(sinet) == 1 and Path(sinet[0]).name == "sinet":
+        return "sinet"
+    return " ".join(Path(a).name if os.sep in a else a for a in sinet)
+
+
+def _portable(text):
+    """Paths of this machine out of a result: the temporary folder, the shared data."""
+    if not isinstance(text, str):
+        return text
+    return re.sub(r"/tmp/sinet_probe_\w+/", "", text).replace(str(SHARED), "../shared")
+
+
+def write_results(summary: dict, out: Path, name: str = "fault_probe"):
+    """``NAME.json`` and ``NAME.md`` (counts, then one row per case) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "results": [{k: _portable(v) for k, v in r.items()} for r in summary["results"]]}
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    counts, results = summary["counts"], summary["results"]
+    lines = ["# Fault probe", "",
+             f"`python benchmarks/fault_probe.py`: {len(results)} cases against `{summary['sinet']}`, each in a fresh "
+             f"process ({summary['faults']} for the read-only folders and the full disk; {summary['wall_seconds']} s "
+             "on a shared 2-core CPU)." + (f" {summary['notes']}" if summary.get("notes") else ""), "",
+             "| " + " | ".join(counts) + " |", "|" + " ---: |" * len(counts),
+             "| " + " | ".join(map(str, counts.values())) + " |",
+             "", "| case | exit | outcome | message or finding |", "| --- | ---: | --- | --- |"]
+    for r in results:
+        note = str(r["note"]).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {r['case']} | {r['exit']} | {r['category']} | {note} |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -659,22 +698,11 @@ def main() -> int:
         probe.cleanup()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    counts = {c: sum(r["category"] == c for r in results) for c in (*CATEGORIES, "not reproduced")}
-    summary = {"cases": len(results), "counts": counts, "sinet": " ".join(sinet),
+    summary = {"cases": len(results), "counts": _counts(results), "sinet": _shown(sinet),
                "faults": "tmpfs mounts" if probe.can_mount else "chmod 0555 and RLIMIT_FSIZE",
                "wall_seconds": round(time.time() - t_start), "results": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fault_probe.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = ["# Fault probe", "", f"`python benchmarks/fault_probe.py`: {len(results)} cases against `{summary['sinet']}`, "
-             f"each in a fresh process ({summary['faults']} for the read-only folder and the full disk; "
-             f"{summary['wall_seconds']} s).", "",
-             "| " + " | ".join(counts) + " |", "|" + " ---: |" * len(counts), "| " + " | ".join(map(str, counts.values())) + " |",
-             "", "| case | exit | outcome | message or finding |", "| --- | ---: | --- | --- |"]
-    for r in results:
-        note = str(r["note"]).replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r['case']} | {r['exit']} | {r['category']} | {note} |")
-    (out / "fault_probe.md").write_text("\n".join(lines) + "\n")
+    write_results(summary, Path(args.out))
+    counts = summary["counts"]
     print(json.dumps(counts))
     return 0
 
