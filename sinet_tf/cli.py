@@ -136,17 +136,21 @@ def cmd_import_weights(args):
 
 def cmd_predict(args):
     from sinet_tf.inference import Segmenter
-    from sinet_tf.predict import InputsFailed, check_threshold, expand_inputs, parse_background, predict
+    from sinet_tf.predict import (InputsFailed, check_threshold, expand_inputs, parse_background, postprocessors,
+                                  predict)
 
-    expand_inputs(args.inputs)          # missing inputs and bad backgrounds fail before the model loads
+    post = dict(temporal=args.temporal, temporal_strength=args.temporal_strength, refine=args.refine,
+                refine_radius=args.refine_radius, refine_eps=args.refine_eps)
+    expand_inputs(args.inputs)          # missing inputs, bad backgrounds and bad values fail before the model loads
     parse_background(args.background)
+    postprocessors(**post)
     check_threshold(args.threshold)
     _output_folder(args.output, "-o")
     _registry_name_without_weights(args.model, args.weights, refuse=True)
     segmenter = Segmenter(args.model, weights=args.weights, keep_aspect=args.keep_aspect)
     try:
         predict(segmenter, args.inputs, args.output, threshold=args.threshold, background=args.background,
-                max_frames=args.frames)
+                max_frames=args.frames, **post)
     except InputsFailed as e:   # every input was tried; the failed ones were named as they failed
         if len(e.failed) == e.total:
             raise                                          # nothing done: bad input (exit 2)
@@ -186,7 +190,10 @@ def cmd_export(args):
                            num_calibration=args.num_calibration, parity_data=args.parity_data,
                            parity_split=None if args.parity_split == "none" else args.parity_split,
                            num_parity=args.num_parity, metadata=args.metadata, input_size=input_size,
-                           int8_ranges=args.int8_ranges, equalize=not args.no_equalize, progress=True)
+                           int8_ranges=args.int8_ranges, equalize=not args.no_equalize,
+                           temporal=args.temporal, temporal_strength=args.temporal_strength, refine=args.refine,
+                           refine_radius=args.refine_radius, refine_eps=args.refine_eps,
+                           refine_subsample=args.refine_subsample, progress=True)
     print(report.summary())
     print(f"report: {Path(args.output).with_suffix('.json')}")
     return 0 if (report.gpu.compatible or args.allow_cpu_ops) else 3
@@ -374,6 +381,9 @@ def _exit_code_table() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sinet_tf.postprocess.refine import DEFAULT_EPS, DEFAULT_EXPORT_SUBSAMPLE, DEFAULT_RADIUS, REFINE_MODES
+    from sinet_tf.postprocess.temporal import DEFAULT_STRENGTH, DEFAULT_TEMPORAL, TEMPORAL_MODES
+
     parser = argparse.ArgumentParser(prog="sinet", description="Mobile portrait segmentation: build, train, export, "
                                                                "benchmark.",
                                      epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -434,6 +444,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-keep-aspect", dest="keep_aspect", action="store_false",
                    help="resize photos to the model's input without letterboxing (what sinet evaluate does)")
     p.add_argument("--frames", type=int, help="stop videos and webcams after N frames")
+    p.add_argument("--temporal", choices=TEMPORAL_MODES, default=DEFAULT_TEMPORAL,
+                   help="temporal smoothing of videos and webcams: none, ema (gated moving average of the "
+                        "probability, what an exported --temporal ema model does), flow (the same after optical-flow "
+                        f"motion compensation); default {DEFAULT_TEMPORAL}")
+    p.add_argument("--temporal-strength", type=float, default=DEFAULT_STRENGTH, metavar="S",
+                   help=f"weight in [0, 1) the previous matte keeps where the new one barely changed "
+                        f"(default {DEFAULT_STRENGTH})")
+    p.add_argument("--refine", choices=REFINE_MODES, default="guided",
+                   help="edge refinement: guided (guided filter with the photo as guide, default) or none")
+    p.add_argument("--refine-radius", type=int, default=DEFAULT_RADIUS, metavar="R",
+                   help=f"guided filter window radius in model-input pixels (default {DEFAULT_RADIUS})")
+    p.add_argument("--refine-eps", type=float, default=DEFAULT_EPS, metavar="EPS",
+                   help=f"guided filter regularization, > 0 (default {DEFAULT_EPS:g})")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="train a small SINet, evaluate, export fp32/int8, benchmark and write a report",
@@ -474,6 +497,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-image min/max averaged")
     p.add_argument("--no-equalize", action="store_true",
                    help="int8: skip the per-channel range equalization on calibration images")
+    p.add_argument("--refine", choices=("none", "guided"), default="none",
+                   help="with --head mask: guided filter on the matte, the input image as guide (GPU-delegate ops)")
+    p.add_argument("--refine-radius", type=int, default=DEFAULT_RADIUS, metavar="R",
+                   help=f"guided filter window radius in input pixels (default {DEFAULT_RADIUS})")
+    p.add_argument("--refine-eps", type=float, default=DEFAULT_EPS, metavar="EPS",
+                   help=f"guided filter regularization, > 0 (default {DEFAULT_EPS:g})")
+    p.add_argument("--refine-subsample", type=int, default=DEFAULT_EXPORT_SUBSAMPLE, metavar="S",
+                   help=f"guided filter coefficients on SxS blocks, a quarter of the work at 2 "
+                        f"(default {DEFAULT_EXPORT_SUBSAMPLE}; 1: at the input's resolution)")
+    p.add_argument("--temporal", default="none", metavar="{none,ema}",
+                   help="with --head mask: a second input, the previous matte, and the gated moving average of "
+                        "sinet predict --temporal ema (feed each output back; -1 everywhere for the first frame)")
+    p.add_argument("--temporal-strength", type=float, default=DEFAULT_STRENGTH, metavar="S",
+                   help=f"weight in [0, 1) the previous matte keeps (default {DEFAULT_STRENGTH})")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-gpu", help="check a .tflite file against the mobile GPU delegate's op rules")

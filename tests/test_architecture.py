@@ -20,7 +20,7 @@ FLOORS = [
     ["sinet_tf.models", "sinet_tf.weights", "sinet_tf.presets"],
     ["sinet_tf.loading"],
     ["sinet_tf.inference"],
-    ["sinet_tf.evaluate"],
+    ["sinet_tf.evaluate", "sinet_tf.postprocess"],
     ["sinet_tf.export", "sinet_tf.train"],
     ["sinet_tf.bench"],
     ["sinet_tf.predict", "sinet_tf.demo"],

@@ -354,11 +354,14 @@ def test_wheel_in_a_fresh_venv_segments_a_photo_with_the_bundled_preset(tmp_path
     print(f"wheel {wheel.stat().st_size / 1e3:.0f} kB; build, venv, install and predict in "
           f"{time.perf_counter() - t0:.1f} s")
 
-    # the same model run here: same mask; and it is a person, by the photo's ground truth
+    # the same model and predict's default post-processing (guided edge refinement) run here:
+    # same mask; and it is a person, by the photo's ground truth
     from sinet_tf.files import read_rgb
     from sinet_tf.inference import Segmenter
+    from sinet_tf.postprocess.pipeline import MattePipeline, MattePostprocessor
 
-    here = Segmenter("sinet_official", keep_aspect=True).mask(read_rgb(photo)) * 255
+    pipeline = MattePipeline(Segmenter("sinet_official", keep_aspect=True), MattePostprocessor(refine="guided"))
+    here = (pipeline(read_rgb(photo)) > 0.5).astype(np.uint8) * 255
     assert mask.shape == here.shape and np.mean(mask == here) > 0.999
     truth = cv2.imread(str(humanseg / "masks" / "6.png"), cv2.IMREAD_GRAYSCALE) > 0
     person = mask > 0
