@@ -23,6 +23,8 @@ def _console():
 
 
 def cmd_models(args):
+    if args.presets:
+        return _list_presets(args)
     import sinet_tf
     from sinet_tf.model_cost import count_macs, count_params
 
@@ -52,6 +54,47 @@ def cmd_models(args):
     return 0
 
 
+def _list_presets(args):
+    """``sinet models --presets``: the bundled presets (or the named ones, names or folders),
+    read from their config.json files without building anything."""
+    from sinet_tf.presets import find_preset, list_presets
+
+    rows = [find_preset(name).summary() for name in (args.names or list_presets())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="sinet-tf presets (sinet predict NAME photo.jpg -o out; a preset folder works the same)")
+    for col, kw in [("name", {"no_wrap": True}), ("architecture", {"no_wrap": True}), ("input", {}),
+                    ("normalization", {}), ("source", {}), ("licence", {}),
+                    ("val person IoU", {"justify": "right"})]:
+        table.add_column(col, **kw)
+    for r in rows:
+        iou = "" if r["val_person_iou"] is None else f"{r['val_person_iou']:.4f}"
+        if iou and r["val_data"]:
+            iou += f" ({r['val_data']} {r['val_split'] or ''})".replace(" )", ")")
+        table.add_row(r["name"], r["architecture"], "x".join(map(str, r["input_size"])), r["normalization"] or "",
+                      r["source"] or "", r["license"] or "not stated", iou)
+    _console().print(table)
+    return 0
+
+
+def cmd_preset_save(args):
+    from sinet_tf.loading import from_preset, save_preset
+    from sinet_tf.presets import find_preset, metrics_from_evaluation
+
+    metrics = metrics_from_evaluation(args.metrics) if args.metrics else None
+    out = save_preset(args.source, args.output, name=args.name, description=args.description,
+                      source_text=args.source_text, license=args.license, license_file=args.license_file,
+                      metrics=metrics)
+    from_preset(out)  # the folder loads back (weights complete and finite) before it is reported
+    row = find_preset(out).summary()
+    iou = "" if row["val_person_iou"] is None else f", val person IoU {row['val_person_iou']:.4f}"
+    print(f"preset {row['name']!r} ({row['architecture']}, {'x'.join(map(str, row['input_size']))}{iou}) -> {out}")
+    return 0
+
+
 def cmd_import_weights(args):
     from sinet_tf.files import save_keras_atomic
     from sinet_tf.model_cost import count_params
@@ -66,13 +109,16 @@ def cmd_import_weights(args):
 
 def cmd_predict(args):
     from sinet_tf.inference import Segmenter
-    from sinet_tf.predict import expand_inputs, parse_background, predict
+    from sinet_tf.predict import expand_inputs, parse_background, postprocessors, predict
 
-    expand_inputs(args.inputs)          # missing inputs and bad backgrounds fail before the model loads
+    post = dict(temporal=args.temporal, temporal_strength=args.temporal_strength, refine=args.refine,
+                refine_radius=args.refine_radius, refine_eps=args.refine_eps)
+    expand_inputs(args.inputs)          # missing inputs, bad backgrounds and bad values fail before the model loads
     parse_background(args.background)
+    postprocessors(**post)
     segmenter = Segmenter(args.model, weights=args.weights, keep_aspect=args.keep_aspect)
     predict(segmenter, args.inputs, args.output, threshold=args.threshold, background=args.background,
-            max_frames=args.frames)
+            max_frames=args.frames, **post)
     return 0
 
 
@@ -99,7 +145,10 @@ def cmd_export(args):
                            num_calibration=args.num_calibration, parity_data=args.parity_data,
                            parity_split=None if args.parity_split == "none" else args.parity_split,
                            num_parity=args.num_parity, metadata=args.metadata, input_size=input_size,
-                           int8_ranges=args.int8_ranges, equalize=not args.no_equalize)
+                           int8_ranges=args.int8_ranges, equalize=not args.no_equalize,
+                           temporal=args.temporal, temporal_strength=args.temporal_strength, refine=args.refine,
+                           refine_radius=args.refine_radius, refine_eps=args.refine_eps,
+                           refine_subsample=args.refine_subsample)
     print(report.summary())
     print(f"report: {Path(args.output).with_suffix('.json')}")
     return 0 if (report.gpu.compatible or args.allow_cpu_ops) else 3
@@ -243,13 +292,41 @@ def cmd_evaluate(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sinet_tf.postprocess.refine import DEFAULT_EPS, DEFAULT_EXPORT_SUBSAMPLE, DEFAULT_RADIUS, REFINE_MODES
+    from sinet_tf.postprocess.temporal import DEFAULT_STRENGTH, DEFAULT_TEMPORAL, TEMPORAL_MODES
+
     parser = argparse.ArgumentParser(prog="sinet", description="Mobile portrait segmentation: build, train, export, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list every registered model with params and multiply-adds")
-    p.add_argument("names", nargs="*", help="only these models (default: all; building the large ones takes a minute)")
+    p = sub.add_parser("models", help="list every registered model with params and multiply-adds, or the presets")
+    p.add_argument("names", nargs="*", help="only these models (default: all; building the large ones takes a "
+                                            "minute); with --presets, preset names or folders")
+    p.add_argument("--presets", action="store_true", help="list the presets (models with weights: name, "
+                                                          "architecture, input size, normalization, source, "
+                                                          "licence, measured val person IoU) instead")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("preset", help="make presets: a trained model as a folder every command takes as a model")
+    preset_sub = p.add_subparsers(dest="preset_command", required=True)
+    p = preset_sub.add_parser(
+        "save", help="make a preset folder of a training run or a .keras file",
+        description="Writes OUT_DIR/config.json (architecture, input size, normalization, source, licence, "
+                    "metrics) with the weights (weights.npz, or model.keras when the registry cannot build the "
+                    "network again) and, from a run, its history.csv and best validation person IoU. The folder "
+                    "is then a model for sinet predict, export, evaluate and sinet_tf.from_preset. An existing "
+                    "preset folder is replaced.")
+    p.add_argument("source", help="training run folder (sinet train -o DIR: its last stage's best.keras) or a "
+                                  ".keras file")
+    p.add_argument("output", help="preset folder to write")
+    p.add_argument("--name", help="preset name (default: the folder's name)")
+    p.add_argument("--description", help="one line on what the preset is")
+    p.add_argument("--source-text", metavar="TEXT", help="where the weights come from (default: the run or file)")
+    p.add_argument("--license", help="the weights' licence, e.g. an SPDX id such as MIT (default: not stated)")
+    p.add_argument("--license-file", help="licence text to copy into the folder as LICENSE")
+    p.add_argument("--metrics", metavar="EVAL.json", help="record the output of `sinet evaluate --json` as the "
+                                                          "preset's metrics (instead of the run's validation)")
+    p.set_defaults(func=cmd_preset_save)
 
     p = sub.add_parser("import-weights", help="import an official PyTorch checkpoint into a .keras model")
     p.add_argument("architecture", choices=["sinet", "extremec3net"])
@@ -264,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--background, <stem>_composite.mp4 (mp4v, the input's frame rate and frame count; the audio "
                     "track is not carried over). Photos keep their aspect ratio (letterboxed to the model's "
                     "input) and their EXIF orientation.")
-    p.add_argument("model", help=".keras, .tflite, or a registry name (with --weights)")
+    p.add_argument("model", help=".keras, .tflite, a preset (a name from sinet models --presets, or a preset "
+                                 "folder), or a registry name (with --weights)")
     p.add_argument("inputs", nargs="+", help="image files, folders (their top-level images and videos), videos "
                                              "(.mp4 .avi .mov .mkv .webm), or a webcam index such as 0")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -275,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-keep-aspect", dest="keep_aspect", action="store_false",
                    help="resize photos to the model's input without letterboxing (what sinet evaluate does)")
     p.add_argument("--frames", type=int, help="stop videos and webcams after N frames")
+    p.add_argument("--temporal", choices=TEMPORAL_MODES, default=DEFAULT_TEMPORAL,
+                   help="temporal smoothing of videos and webcams: none, ema (gated moving average of the "
+                        "probability, what an exported --temporal ema model does), flow (the same after optical-flow "
+                        f"motion compensation); default {DEFAULT_TEMPORAL}")
+    p.add_argument("--temporal-strength", type=float, default=DEFAULT_STRENGTH, metavar="S",
+                   help=f"weight in [0, 1) the previous matte keeps where the new one barely changed "
+                        f"(default {DEFAULT_STRENGTH})")
+    p.add_argument("--refine", choices=REFINE_MODES, default="guided",
+                   help="edge refinement: guided (guided filter with the photo as guide, default) or none")
+    p.add_argument("--refine-radius", type=int, default=DEFAULT_RADIUS, metavar="R",
+                   help=f"guided filter window radius in model-input pixels (default {DEFAULT_RADIUS})")
+    p.add_argument("--refine-eps", type=float, default=DEFAULT_EPS, metavar="EPS",
+                   help=f"guided filter regularization, > 0 (default {DEFAULT_EPS:g})")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="train a small SINet, evaluate, export fp32/int8, benchmark and write a report",
@@ -290,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a .tflite (batch 1; fp32/fp16/dynamic/int8) with a JSON report "
                                       "and GPU-delegate check")
-    p.add_argument("source", help=".keras file, or a registry name (with --weights)")
+    p.add_argument("source", help=".keras file, a preset (a name from sinet models --presets, or a "
+                                  "preset folder), or a registry name (with --weights)")
     p.add_argument("-o", dest="output", required=True, help="output .tflite file")
     p.add_argument("--weights", help="checkpoint for a registry model name (.npz, .pth, .weights.h5)")
     p.add_argument("--quantize", choices=["none", "fp16", "dynamic", "int8"], default="none")
@@ -314,6 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-image min/max averaged")
     p.add_argument("--no-equalize", action="store_true",
                    help="int8: skip the per-channel range equalization on calibration images")
+    p.add_argument("--refine", choices=("none", "guided"), default="none",
+                   help="with --output mask: guided filter on the matte, the input image as guide (GPU-delegate ops)")
+    p.add_argument("--refine-radius", type=int, default=DEFAULT_RADIUS, metavar="R",
+                   help=f"guided filter window radius in input pixels (default {DEFAULT_RADIUS})")
+    p.add_argument("--refine-eps", type=float, default=DEFAULT_EPS, metavar="EPS",
+                   help=f"guided filter regularization, > 0 (default {DEFAULT_EPS:g})")
+    p.add_argument("--refine-subsample", type=int, default=DEFAULT_EXPORT_SUBSAMPLE, metavar="S",
+                   help=f"guided filter coefficients on SxS blocks, a quarter of the work at 2 "
+                        f"(default {DEFAULT_EXPORT_SUBSAMPLE}; 1: at the input's resolution)")
+    p.add_argument("--temporal", default="none", metavar="{none,ema}",
+                   help="with --output mask: a second input, the previous matte, and the gated moving average of "
+                        "sinet predict --temporal ema (feed each output back; -1 everywhere for the first frame)")
+    p.add_argument("--temporal-strength", type=float, default=DEFAULT_STRENGTH, metavar="S",
+                   help=f"weight in [0, 1) the previous matte keeps (default {DEFAULT_STRENGTH})")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-gpu", help="check a .tflite file against the mobile GPU delegate's op rules")
@@ -367,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="person IoU, mIoU, pixel accuracy and boundary F on a dataset")
-    p.add_argument("model", help=".keras, .tflite, or a registry name (with --weights)")
+    p.add_argument("model", help=".keras, .tflite, a preset (a name from sinet models --presets, or a preset "
+                                 "folder), or a registry name (with --weights)")
     p.add_argument("--data", required=True, help="dataset folder or list file, or synthetic[:N]")
     p.add_argument("--split", default="val", help="split to evaluate (default val; 'none' for the whole folder)")
     p.add_argument("--weights", help="checkpoint for a registry model name")

@@ -6,7 +6,10 @@ int8 calibrated on real images through the dataset readers, after the numericall
 equivalent rewrites of :mod:`sinet_tf.export.rewrite`), reject files that break the
 rules (Flex/custom ops, variables, SHAPE, float islands in int8), check the GPU delegate's
 op rules, measure parity with the Keras model, optionally add MediaPipe-readable metadata,
-and write ``OUT.tflite`` and ``OUT.json`` atomically.
+and write ``OUT.tflite`` and ``OUT.json`` atomically. With the ``mask`` head the file can
+carry the post-processing of :mod:`sinet_tf.postprocess` too: the guided edge refinement
+(``refine="guided"``) and the gated-EMA temporal smoothing behind a second input, the
+previous matte (``temporal="ema"``).
 """
 
 from __future__ import annotations
@@ -149,19 +152,51 @@ def _person_iou(prob: np.ndarray, labels: np.ndarray, ignore: int = 255) -> floa
     return float(np.mean(ious))
 
 
+def _run_with_previous(runner, x, previous) -> np.ndarray:
+    """A float two-input file (image, previous matte) on one image."""
+    interpreter = runner.interpreter
+    image, prev = sorted(runner.input_details[:2], key=lambda d: -int(d["shape"][-1]))  # RGB first, matte second
+    interpreter.set_tensor(image["index"], np.asarray(x, np.float32))
+    interpreter.set_tensor(prev["index"], np.asarray(previous, np.float32))
+    interpreter.invoke()
+    return interpreter.get_tensor(runner.output_details[0]["index"]).astype(np.float32)
+
+
 def _parity(model, runner, head, images, labels) -> dict:
-    """Keras (same head) against TFLite on the given images."""
-    fn = tf.function(lambda x: model(x, training=False))
+    """Keras (same head) against TFLite on the given images. A two-input model (image and
+    previous matte, ``temporal="ema"``) also runs the images as a sequence, each with the
+    Keras output for the image before as its previous matte, for the output differences;
+    its person IoU is scored on the first-frame outputs (previous matte ``NO_HISTORY``),
+    which are the per-image mattes."""
+    if len(model.inputs) == 2:
+        from sinet_tf.postprocess.temporal import NO_HISTORY
+
+        keras_fn = tf.function(lambda x, prev: model([x, prev], training=False))
+        start = np.full((1, *model.inputs[1].shape[1:]), NO_HISTORY, np.float32)
+        previous, sequence_diffs = start, []
+        for x in images:
+            y_k = np.asarray(keras_fn(x[None], previous), np.float32)
+            sequence_diffs.append(float(np.abs(y_k - _run_with_previous(runner, x[None], previous)).max()))
+            previous = y_k
+
+        def fn(x):
+            return keras_fn(x, start)
+
+        def lite(x):
+            return _run_with_previous(runner, x, start)
+    else:
+        fn, lite, sequence_diffs = tf.function(lambda x: model(x, training=False)), runner, []
     diffs, pdiffs, p_keras, p_lite = [], [], [], []
     for x in images:
         y_k = np.asarray(fn(x[None]), dtype=np.float32)
-        y_l = runner(x[None])
+        y_l = lite(x[None])
         diffs.append(float(np.abs(y_k - y_l).max()))
         pk, pl = person_probability_from_output(y_k, head)[0], person_probability_from_output(y_l, head)[0]
         pdiffs.append(float(np.abs(pk - pl).max()))
         p_keras.append(pk)
         p_lite.append(pl)
-    out = {"n_images": len(images), "max_abs_diff_output": max(diffs), "max_abs_diff_probability": max(pdiffs),
+    out = {"n_images": len(images), "max_abs_diff_output": max(diffs + sequence_diffs),
+           "max_abs_diff_probability": max(pdiffs + sequence_diffs),
            "mean_abs_diff_probability": float(np.mean([np.abs(a - b).mean() for a, b in zip(p_keras, p_lite)]))}
     if labels is not None:
         k, t = _person_iou(np.stack(p_keras), labels), _person_iou(np.stack(p_lite), labels)
@@ -173,7 +208,9 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
                   head: str = "logits", calibration_data=None, calibration_split: str | None = "train",
                   num_calibration: int = 200, parity_data=None, parity_split: str | None = "val",
                   num_parity: int = 50, metadata: bool = False, input_size=None, seed: int = 0,
-                  int8_ranges: str = "minmax", equalize: bool = True) -> ExportReport:
+                  int8_ranges: str = "minmax", equalize: bool = True, temporal: str = "none",
+                  temporal_strength: float | None = None, refine: str = "none", refine_radius: int | None = None,
+                  refine_eps: float | None = None, refine_subsample: int | None = None) -> ExportReport:
     """Export ``source`` (a Keras model, ``.keras`` file, or registry name + ``weights``)
     to ``output`` (``.tflite``) and write ``<output>.json`` beside it.
 
@@ -187,6 +224,14 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     images; without either, seeded uniform noise), as max |difference| of the output and
     of the person probability, and person IoU of both when labels exist. Existing files
     are replaced only once the new ones are complete.
+
+    ``refine="guided"`` puts the guided filter (:class:`sinet_tf.postprocess.layers.GuidedFilter`,
+    ``refine_radius``, ``refine_eps``, coefficients on ``refine_subsample`` (default 2)
+    square blocks, the input image as guide) on the ``mask`` head;
+    ``temporal="ema"`` then adds a second input, the previous matte, and returns the gated
+    EMA (:class:`sinet_tf.postprocess.layers.GatedEMA`, ``temporal_strength``) of the
+    (refined) probability against it: feed each output back, and -1 everywhere for a
+    video's first frame. Both need the ``mask`` head and float arithmetic (not int8).
     """
     output = Path(output)
     if output.suffix != ".tflite":
@@ -200,11 +245,14 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         raise ExportError(f"--io {io} needs --quantize int8; a {quantize} model takes and returns float32")
     if head not in OUTPUT_HEADS:
         raise ExportError(f"unknown output head {head!r}; choose one of {', '.join(OUTPUT_HEADS)}")
+    _check_postprocess(head, quantize, metadata, temporal, refine, temporal_strength, refine_radius, refine_eps)
     if isinstance(source, (str, os.PathLike)):
         model = load_export_source(source, weights, input_size=input_size)
     else:
         model = source
     model = with_output_head(with_fixed_batch(model, 1), head)
+    model, postprocess = _with_postprocess(model, temporal, temporal_strength, refine, refine_radius, refine_eps,
+                                           refine_subsample)
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
 
     images = labels = None
@@ -236,6 +284,8 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     gpu = check_gpu_compatibility(data)
 
     extra = {"keras_outputs": [model.output_names[0]], "num_calibration": 0 if images is None else len(images)}
+    if postprocess:
+        extra["postprocess"] = postprocess
     if quantize == "int8":
         extra["int8"] = {"ranges": int8_ranges, "equalized": bool(equalize)}
     if metadata:
@@ -253,6 +303,60 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     write_atomic(data, output)
     write_atomic(json.dumps(report.to_dict(), indent=2).encode(), output.with_suffix(".json"))
     return report
+
+
+EXPORT_TEMPORAL = ("none", "ema")
+EXPORT_REFINE = ("none", "guided")
+
+
+def _check_postprocess(head, quantize, metadata, temporal, refine, strength, radius, eps) -> None:
+    from sinet_tf.postprocess.refine import check_refine
+    from sinet_tf.postprocess.temporal import check_strength
+
+    if strength is not None:
+        check_strength(strength)
+    if radius is not None or eps is not None:
+        check_refine(1 if radius is None else radius, 1.0 if eps is None else eps)
+    if temporal not in EXPORT_TEMPORAL:
+        extra = " (flow needs the optical flow between frames, which the model does not compute)" \
+            if temporal == "flow" else ""
+        raise ExportError(f"--temporal {temporal!r}: an exported model can carry {', '.join(EXPORT_TEMPORAL)}{extra}")
+    if refine not in EXPORT_REFINE:
+        raise ExportError(f"--refine {refine!r}: choose one of {', '.join(EXPORT_REFINE)}")
+    if temporal == "none" and refine == "none":
+        return
+    flags = " and ".join(f for f, v in (("--temporal", temporal), ("--refine", refine)) if v != "none")
+    if head != "mask":
+        raise ExportError(f"{flags}: the post-processing works on the person probability: export with --output mask "
+                          f"(not {head})")
+    if quantize == "int8":
+        raise ExportError(f"{flags}: the post-processing needs float arithmetic (the guided filter's variances and "
+                          "the matte feedback lose too much in int8): use --quantize none, fp16 or dynamic")
+    if metadata and temporal != "none":
+        raise ExportError("--metadata describes a one-input image segmenter; MediaPipe's ImageSegmenter cannot feed "
+                          "the previous matte of a --temporal model")
+
+
+def _with_postprocess(model, temporal, strength, refine, radius, eps, subsample):
+    """``model`` with the asked post-processing layers, and what they are (for the report)."""
+    from sinet_tf.postprocess import layers, refine as refine_mod, temporal as temporal_mod
+
+    info = {}
+    if refine == "guided":
+        radius = refine_mod.DEFAULT_RADIUS if radius is None else radius
+        eps = refine_mod.DEFAULT_EPS if eps is None else eps
+        subsample = refine_mod.DEFAULT_EXPORT_SUBSAMPLE if subsample is None else subsample
+        try:
+            model = layers.with_guided_refinement(model, radius, eps, subsample)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        info["refine"] = {"mode": "guided", "radius": int(radius), "eps": float(eps), "subsample": int(subsample)}
+    if temporal == "ema":
+        strength = temporal_mod.DEFAULT_STRENGTH if strength is None else strength
+        model = layers.with_temporal_input(model, strength)
+        info["temporal"] = {"mode": "ema", "strength": float(strength), "second_input": "previous_matte",
+                            "first_frame_previous": temporal_mod.NO_HISTORY}
+    return model, info
 
 
 def _check_io_scale(contents, io: str) -> None:
