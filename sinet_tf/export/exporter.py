@@ -6,14 +6,16 @@ int8 calibrated on real images through the dataset readers, after the numericall
 equivalent rewrites of :mod:`sinet_tf.export.rewrite`), reject files that break the
 rules (Flex/custom ops, variables, SHAPE, float islands in int8), check the GPU delegate's
 op rules, measure parity with the Keras model, optionally add MediaPipe-readable metadata,
-and write ``OUT.tflite`` and ``OUT.json`` atomically. With the ``mask`` head the file can
-carry the post-processing of :mod:`sinet_tf.postprocess` too: the guided edge refinement
-(``refine="guided"``) and the gated-EMA temporal smoothing behind a second input, the
-previous matte (``temporal="ema"``).
+and write ``OUT.tflite`` and ``OUT.json`` as one commit (:func:`export_tflite`). With the
+``mask`` head the file can carry the post-processing of :mod:`sinet_tf.postprocess` too: the
+guided edge refinement (``refine="guided"``) and the gated-EMA temporal smoothing behind a
+second input, the previous matte (``temporal="ema"``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -37,14 +39,15 @@ from sinet_tf.export.quantize import (
 )
 from sinet_tf.export.rewrite import int8_friendly
 from sinet_tf.export.tflite import with_fixed_batch
-from sinet_tf.files import write_atomic
+from sinet_tf.files import atomic_path
+from sinet_tf.progress import progress_bar
 from sinet_tf.inference import resize_to_input
 from sinet_tf.loading import load_model
 from sinet_tf.metrics import person_iou
 from sinet_tf.runtime.heads import person_probability_from_output
 from sinet_tf.runtime.interpreter import TFLiteRunner
 
-__all__ = ["ExportReport", "calibration_images", "export_tflite", "load_export_source"]
+__all__ = ["ExportReport", "calibration_images", "export_tflite", "load_export_source", "read_export_report"]
 
 log = logging.getLogger("sinet_tf.export")
 
@@ -106,7 +109,8 @@ def load_export_source(source, weights=None, input_size=None):
     return load_model(source, weights, input_size=input_size)
 
 
-def calibration_images(data, split: str | None, input_size: tuple[int, int], count: int, seed: int = 0):
+def calibration_images(data, split: str | None, input_size: tuple[int, int], count: int, seed: int = 0,
+                       progress: bool | None = False, what: str = "reading calibration images"):
     """``count`` images of ``data`` (a dataset path or ``synthetic[:N]``) through the
     deployment preprocessing (:func:`sinet_tf.inference.resize_to_input`), with their
     labels resized (nearest) to the input size. No augmentation."""
@@ -117,18 +121,20 @@ def calibration_images(data, split: str | None, input_size: tuple[int, int], cou
         raise ExportError(f"calibration data {data} (split {split}) has {len(source)} images; "
                           f"{count} were asked (--num-calibration)")
     images, labels = [], []
-    for i in range(count):
-        image, label = source.read(i)
-        images.append(resize_to_input(image, input_size))
-        labels.append(resize_to_input(label, input_size, nearest=True))
+    with progress_bar(what, count, progress) as advance:
+        for i in range(count):
+            image, label = source.read(i)
+            images.append(resize_to_input(image, input_size))
+            labels.append(resize_to_input(label, input_size, nearest=True))
+            advance()
     return np.stack(images), np.stack(labels)
 
 
-def representative_dataset(images: np.ndarray):
+def representative_dataset(images: np.ndarray, advance=None):
     """The converter's calibration generator. The first image is repeated once with its
     top row black and bottom row white, so the input's calibrated range is exactly
     [0, 255]: an int8/uint8 input then has scale 1 (uint8 zero point 0, int8 -128), and
-    a phone feeds camera bytes as they are."""
+    a phone feeds camera bytes as they are. ``advance()`` is called per image (a progress bar)."""
     pinned = images[0].copy()
     pinned[0], pinned[-1] = 0.0, 255.0
 
@@ -136,6 +142,8 @@ def representative_dataset(images: np.ndarray):
         yield [pinned[None].astype(np.float32)]
         for im in images:
             yield [im[None].astype(np.float32)]
+            if advance is not None:
+                advance()
 
     return gen
 
@@ -162,7 +170,7 @@ def _run_with_previous(runner, x, previous) -> np.ndarray:
     return interpreter.get_tensor(runner.output_details[0]["index"]).astype(np.float32)
 
 
-def _parity(model, runner, head, images, labels) -> dict:
+def _parity(model, runner, head, images, labels, progress: bool | None = False) -> dict:
     """Keras (same head) against TFLite on the given images. A two-input model (image and
     previous matte, ``temporal="ema"``) also runs the images as a sequence, each with the
     Keras output for the image before as its previous matte, for the output differences;
@@ -187,14 +195,16 @@ def _parity(model, runner, head, images, labels) -> dict:
     else:
         fn, lite, sequence_diffs = tf.function(lambda x: model(x, training=False)), runner, []
     diffs, pdiffs, p_keras, p_lite = [], [], [], []
-    for x in images:
-        y_k = np.asarray(fn(x[None]), dtype=np.float32)
-        y_l = lite(x[None])
-        diffs.append(float(np.abs(y_k - y_l).max()))
-        pk, pl = person_probability_from_output(y_k, head)[0], person_probability_from_output(y_l, head)[0]
-        pdiffs.append(float(np.abs(pk - pl).max()))
-        p_keras.append(pk)
-        p_lite.append(pl)
+    with progress_bar(f"parity with Keras on {len(images)} images", len(images), progress) as advance:
+        for x in images:
+            y_k = np.asarray(fn(x[None]), dtype=np.float32)
+            y_l = lite(x[None])
+            diffs.append(float(np.abs(y_k - y_l).max()))
+            pk, pl = person_probability_from_output(y_k, head)[0], person_probability_from_output(y_l, head)[0]
+            pdiffs.append(float(np.abs(pk - pl).max()))
+            p_keras.append(pk)
+            p_lite.append(pl)
+            advance()
     out = {"n_images": len(images), "max_abs_diff_output": max(diffs + sequence_diffs),
            "max_abs_diff_probability": max(pdiffs + sequence_diffs),
            "mean_abs_diff_probability": float(np.mean([np.abs(a - b).mean() for a, b in zip(p_keras, p_lite)]))}
@@ -210,7 +220,8 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
                   num_parity: int = 50, metadata: bool = False, input_size=None, seed: int = 0,
                   int8_ranges: str = "minmax", equalize: bool = True, temporal: str = "none",
                   temporal_strength: float | None = None, refine: str = "none", refine_radius: int | None = None,
-                  refine_eps: float | None = None, refine_subsample: int | None = None) -> ExportReport:
+                  refine_eps: float | None = None, refine_subsample: int | None = None,
+                  progress: bool | None = False) -> ExportReport:
     """Export ``source`` (a Keras model, ``.keras`` file, or registry name + ``weights``)
     to ``output`` (``.tflite``) and write ``<output>.json`` beside it.
 
@@ -222,8 +233,7 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
 
     Parity with the Keras model is measured on ``parity_data`` (default: the calibration
     images; without either, seeded uniform noise), as max |difference| of the output and
-    of the person probability, and person IoU of both when labels exist. Existing files
-    are replaced only once the new ones are complete.
+    of the person probability, and person IoU of both when labels exist.
 
     ``refine="guided"`` puts the guided filter (:class:`sinet_tf.postprocess.layers.GuidedFilter`,
     ``refine_radius``, ``refine_eps``, coefficients on ``refine_subsample`` (default 2)
@@ -232,6 +242,14 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     EMA (:class:`sinet_tf.postprocess.layers.GatedEMA`, ``temporal_strength``) of the
     (refined) probability against it: feed each output back, and -1 everywhere for a
     video's first frame. Both need the ``mask`` head and float arithmetic (not int8).
+
+    The two files are one commit: both are first written completely under temporary names
+    (a full disk or a kill then leaves the earlier pair untouched); then ``OUT.json``, which
+    records the ``sha256`` of the new ``OUT.tflite``, is renamed into place, and the
+    ``.tflite``'s rename is the commit. A reader therefore never finds a new ``.tflite`` beside
+    an old or missing report; the one state in between (new report, earlier model) is told
+    apart by the hash, which :func:`read_export_report` checks. ``progress`` shows bars on
+    stderr (``None``: when it is a terminal).
     """
     output = Path(output)
     if output.suffix != ".tflite":
@@ -257,13 +275,19 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
 
     images = labels = None
     if calibration_data is not None:
-        images, labels = calibration_images(calibration_data, calibration_split, size, num_calibration, seed)
+        images, labels = calibration_images(calibration_data, calibration_split, size, num_calibration, seed,
+                                            progress=progress)
     t0 = time.perf_counter()
     if quantize == "int8":
         friendly = int8_friendly(model, images=images[:EQUALIZATION_IMAGES] if equalize else None)
-        data = convert(friendly, quantize, io, representative_dataset(images), ranges=int8_ranges)
+        # the converter runs the model over every calibration image (the long part of an int8 export)
+        with progress_bar(f"int8 calibration on {len(images)} images and conversion", len(images),
+                          progress) as advance:
+            data = convert(friendly, quantize, io, representative_dataset(images, advance), ranges=int8_ranges)
     else:
-        data = convert(model, quantize, io)
+        with progress_bar(f"converting to {quantize if quantize != 'none' else 'float32'} .tflite", None,
+                          progress):
+            data = convert(model, quantize, io)
     seconds = time.perf_counter() - t0
     contents = inspect_tflite(data, quantize)
     if contents.problems:
@@ -272,7 +296,8 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     _check_io_scale(contents, io)
 
     if parity_data is not None:
-        p_images, p_labels = calibration_images(parity_data, parity_split, size, num_parity, seed)
+        p_images, p_labels = calibration_images(parity_data, parity_split, size, num_parity, seed,
+                                                progress=progress, what="reading parity images")
         what = f"images of {parity_data} ({parity_split})"
     elif images is not None:
         p_images, p_labels, what = images[:num_parity], labels[:num_parity], f"calibration images of {calibration_data}"
@@ -280,7 +305,7 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         p_images = np.random.default_rng(seed).uniform(0, 255, (4, *size, 3)).astype(np.float32)
         p_labels, what = None, "seeded uniform-noise inputs in [0, 255]"
     runner = TFLiteRunner(data)
-    parity = {"images": what, **_parity(model, runner, head, p_images, p_labels)}
+    parity = {"images": what, **_parity(model, runner, head, p_images, p_labels, progress=progress)}
     gpu = check_gpu_compatibility(data)
 
     extra = {"keras_outputs": [model.output_names[0]], "num_calibration": 0 if images is None else len(images)}
@@ -296,12 +321,42 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         activation = "none" if head != "logits" else ("sigmoid" if model.outputs[0].shape[-1] == 1 else "softmax")
         data, metadata_json = add_segmenter_metadata(data, labels=labels_names, activation=activation)
         extra["metadata"] = json.loads(metadata_json)
+    extra["sha256"] = hashlib.sha256(data).hexdigest()
     report = ExportReport(
         output=str(output), model=model.name, quantize=quantize, io=io, head=head, size_bytes=len(data),
         ops=contents.op_counts(), inputs=contents.inputs, outputs=contents.outputs, parity=parity,
         convert_seconds=seconds, gpu=gpu, extra=extra)
-    write_atomic(data, output)
-    write_atomic(json.dumps(report.to_dict(), indent=2).encode(), output.with_suffix(".json"))
+    _write_pair(data, json.dumps(report.to_dict(), indent=2).encode(), output)
+    return report
+
+
+def _write_pair(model_bytes: bytes, report_bytes: bytes, output: Path):
+    """Both files complete under temporary names, then the report's rename, then the
+    model's: the commit (see :func:`export_tflite`)."""
+    with contextlib.ExitStack() as stack:
+        # atomic_path renames when its block ends; the stack ends the last one entered first
+        tmp_model = stack.enter_context(atomic_path(output))
+        tmp_report = stack.enter_context(atomic_path(output.with_suffix(".json")))
+        tmp_model.write_bytes(model_bytes)
+        tmp_report.write_bytes(report_bytes)
+
+
+def read_export_report(tflite_path) -> dict:
+    """The ``OUT.json`` report of ``OUT.tflite``, checked to describe this very file (its
+    ``sha256``); an export interrupted between its two renames, or a report of another
+    export, raises :class:`ExportError`."""
+    path = Path(tflite_path)
+    report_path = path.with_suffix(".json")
+    if not report_path.is_file():
+        raise ExportError(f"{path}: no export report {report_path.name} beside it")
+    try:
+        report = json.loads(report_path.read_text())
+    except ValueError as e:
+        raise ExportError(f"{report_path}: not a readable export report ({e})") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if report.get("sha256") != digest:
+        raise ExportError(f"{report_path} describes another version of {path.name} (sha256 differs): the export "
+                          "was interrupted or the files were mixed; export again")
     return report
 
 
@@ -327,7 +382,7 @@ def _check_postprocess(head, quantize, metadata, temporal, refine, strength, rad
         return
     flags = " and ".join(f for f, v in (("--temporal", temporal), ("--refine", refine)) if v != "none")
     if head != "mask":
-        raise ExportError(f"{flags}: the post-processing works on the person probability: export with --output mask "
+        raise ExportError(f"{flags}: the post-processing works on the person probability: export with --head mask "
                           f"(not {head})")
     if quantize == "int8":
         raise ExportError(f"{flags}: the post-processing needs float arithmetic (the guided filter's variances and "
