@@ -31,13 +31,13 @@ def _batch(seed=0, n=4, size=64):
     return x, y
 
 
-def _model(seed=0):
+def _model(seed=0, size=64):
     keras.utils.set_random_seed(seed)
-    return sinet_tf.build_model("sinet", input_shape=(64, 64, 3), p=1, q=2)
+    return sinet_tf.build_model("sinet", input_shape=(size, size, 3), p=1, q=2)
 
 
-def _stage(**kw):
-    return StageConfig(model="sinet", input_size=(64, 64), epochs=1, batch_size=4, learning_rate=1e-3,
+def _stage(size=64, **kw):
+    return StageConfig(model="sinet", input_size=(size, size), epochs=1, batch_size=4, learning_rate=1e-3,
                        loss="ce + 1.0 * boundary(window=5)", weight_decay=2e-4, **kw)
 
 
@@ -115,10 +115,10 @@ def test_boundary_band_is_exact_under_mixed_precision(mixed_policy):
 def test_xla_step_equals_the_graph_step():
     """``jit_compile: true`` (what a GPU recipe uses) trains the same step as the plain
     graph: the updated weights agree to float32 rounding."""
-    x, y = _batch(4)
+    x, y = _batch(4, size=32)  # XLA compiles the whole step on the CPU: a small input keeps it quick
     results = []
     for jit in (False, True):  # SGD: an update linear in the gradient (Adam's first is lr * sign(g))
-        model = _compile(_model(5), _stage(jit_compile=jit, optimizer="sgd"), steps_per_epoch=1)
+        model = _compile(_model(5, size=32), _stage(32, jit_compile=jit, optimizer="sgd"), steps_per_epoch=1)
         start = [np.asarray(w) for w in model.trainable_weights]
         model.train_on_batch(x, y)
         results.append((start, [np.asarray(w) for w in model.trainable_weights]))

@@ -142,8 +142,9 @@ def test_two_workers_train_what_one_worker_trains(runs):
 def test_only_the_chief_writes_the_run_folder(runs):
     files = sorted(str(p.relative_to(runs["two"])) for p in runs["two"].rglob("*") if p.is_file())
     tensorboard = [f for f in files if f.startswith("train/tensorboard/")]
-    assert [f for f in files if f not in tensorboard] == ["state.json", "train/best.keras", "train/history.csv",
-                                                         "train/last.keras"]
+    committed = json.loads((runs["two"] / "state.json").read_text())["files"]["train"]  # the epoch's checkpoints
+    assert [f for f in files if f not in tensorboard] == sorted(
+        ["state.json", "train/best.keras", "train/history.csv", "train/last.keras", *set(committed.values())])
     # one writer of each TensorBoard log (the chief's process)
     assert len(tensorboard) == 2 and {f.split("/")[2] for f in tensorboard} == {"train", "validation"}
     assert not list((runs["tmp"] / "tmp-two").glob("sinet-worker-*")), "a worker left its private folder behind"
