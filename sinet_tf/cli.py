@@ -324,6 +324,17 @@ def cmd_data_check(args):
 
 
 def cmd_train(args):
+    if args.workers is not None:
+        from sinet_tf.train.cluster import launch_local_workers
+
+        if args.strategy not in (None, "multiworker"):
+            raise ValueError(f"--workers runs the multiworker strategy; it does not go with --strategy {args.strategy}")
+        forwarded = ["--config", args.config, "--verbose", str(args.verbose)]
+        forwarded += ["--data", args.data] if args.data else []
+        forwarded += ["-o", args.output] if args.output else []
+        forwarded += ["--resume"] if args.resume else []
+        forwarded += ["--json"] if args.json else []
+        return launch_local_workers(forwarded + list(args.overrides), args.workers)
     from sinet_tf.train import load_recipe, train
 
     config = load_recipe(args.config, overrides=args.overrides, data=args.data)
@@ -552,7 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder or list file, or synthetic[:N] (overrides the recipe)")
     p.add_argument("-o", "--output", help="run folder (default runs/<recipe>)")
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder")
-    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"])
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"],
+                   help="multiworker reads the cluster from TF_CONFIG (see README, Scaling out)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run N multiworker processes on this machine (127.0.0.1, free ports): the chief writes "
+                        "the run folder, the others' output goes to temporary log files")
     p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
                    help="Keras progress: auto, 0, 1 (bar) or 2 (a line per epoch)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")

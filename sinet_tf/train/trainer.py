@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import signal
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -49,7 +50,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from sinet_tf.compat import optimizer_variable_key
+from sinet_tf.compat import multiworker_fit_builds_locally, optimizer_variable_key
 from sinet_tf.data.pipeline import make_pipeline, steps_per_epoch
 from sinet_tf.data.sources import open_source
 from sinet_tf.files import save_keras_atomic, write_atomic
@@ -58,6 +59,7 @@ from sinet_tf.losses import build_loss
 from sinet_tf.metrics import PersonIoU
 from sinet_tf.registry import build_model
 from sinet_tf.train.aux_head import AUX_OUTPUT, AuxHeadModel, AuxLoss, has_aux_output
+from sinet_tf.train.cluster import cluster_watchdog, read_tf_config
 from sinet_tf.train.config import StageConfig, TrainConfig
 from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
 from sinet_tf.weights import load_weights
@@ -125,16 +127,52 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise TrainingError("strategy 'multiworker' needs the TF_CONFIG environment variable "
-                                "(cluster and task of this worker)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        cluster = read_tf_config()  # a clear error for a missing or malformed TF_CONFIG
+        multiworker_fit_builds_locally()
+        with cluster_watchdog(cluster):  # a worker that never comes up ends the run, with its address
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            # the first collective: returns once every worker has joined
+            strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+        return strategy
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise TrainingError(f"unknown strategy {name!r}; choose default, mirrored, multiworker or tpu")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: always, except under a multi-worker
+    strategy, where the ``chief`` task does (or worker 0 when the cluster names no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return True
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and int(resolver.task_id or 0) == 0
+
+
+def _sliced_datasets(strategy: tf.distribute.Strategy, build):
+    """A dataset for ``model.fit`` under a multi-worker strategy: every worker builds only
+    its own slices of each global batch (``build(slices)`` with ``slices = (first, stop,
+    total)``, :func:`sinet_tf.data.pipeline.make_pipeline`), one slice per local replica."""
+    def dataset_fn(context: tf.distribute.InputContext):
+        total = context.num_replicas_in_sync
+        local = total // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+        return build((first, first + local, total))
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _unsharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` that every worker reads whole (validation under a multi-worker strategy:
+    each worker scores every image, so the averaged metrics are the single-worker ones)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
 
 
 def transfer_weights(src: keras.Model, dst: keras.Model) -> int:
@@ -405,7 +443,6 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
 
 
 def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
-    config_dict = config.to_dict()
     keras.utils.set_random_seed(config.seed)
     # The pipeline is already shuffled per epoch and holds exactly epochs x steps batches.
     warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
@@ -414,6 +451,22 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
         keras.mixed_precision.set_global_policy("mixed_float16")
         log("mixed precision: mixed_float16")
     strategy = make_strategy(config.strategy)
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    replicas = strategy.num_replicas_in_sync
+    # only the chief writes the run's files; the other workers write theirs (every save must
+    # run on every worker: reading synchronized variables is a collective) to a folder of their own
+    files_dir = run_dir if is_chief(strategy) else Path(tempfile.mkdtemp(prefix="sinet-worker-"))
+    try:
+        return _train_stages(config, run_dir, files_dir, state, strategy, multiworker, replicas, verbose, log,
+                             extra_callbacks)
+    finally:
+        if files_dir != run_dir:
+            shutil.rmtree(files_dir, ignore_errors=True)
+
+
+def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, replicas, verbose, log,
+                  extra_callbacks):
+    config_dict = config.to_dict()
 
     # Open and check every stage's data before any training starts.
     train_source = open_source(config.data, config.train_split, config.seed, config.on_bad_sample)
@@ -423,36 +476,45 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
     for stage in config.stages:
         if stage.two_views and not stage.augment:
             raise TrainingError(f"stage {stage.name!r}: two_views needs augment: true (the views differ by texture)")
+        if stage.batch_size % replicas:
+            raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} does not divide into "
+                                f"{replicas} replicas ({stage.batch_size} / {replicas} = "
+                                f"{stage.batch_size / replicas:g} examples each); the batch size is global")
         if stage.batch_size > len(train_source):
             raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} is larger than the training "
                                 f"set ({len(train_source)} examples in {config.data!r})")
         build_loss(stage.loss)  # a bad loss spec fails now, not after the first stage
-    run_dir.mkdir(parents=True, exist_ok=True)
+    files_dir.mkdir(parents=True, exist_ok=True)
     state.setdefault("config", json.loads(json.dumps(config_dict)))
     state.setdefault("completed_stages", [])
     summary = {"output_dir": str(run_dir), "stages": []}
 
+    chief = files_dir == run_dir
     for name in {*state["completed_stages"], state.get("stage")} - {None}:
-        _publish(run_dir, state, name)   # a run killed between its commit and the publishing
+        if chief:
+            _publish(run_dir, state, name)   # a run killed between its commit and the publishing
 
     for stage in config.stages:
         if stage.name in state["completed_stages"]:
             log(f"[{stage.name}] already complete, skipping")
             continue
         stage_dir = run_dir / stage.name
-        stage_dir.mkdir(exist_ok=True)
+        (files_dir / stage.name).mkdir(exist_ok=True)
         resuming = state.get("stage") == stage.name and state.get("epoch", 0) > 0
         if not resuming:
             state.update({"stage": stage.name, "epoch": 0, "best": None, "best_epoch": None})
             state.get("files", {}).pop(stage.name, None)
             state.get("history", {}).pop(stage.name, None)
-            _publish(run_dir, state, stage.name)     # drops an uncommitted first epoch's files
+            if chief:
+                _publish(run_dir, state, stage.name)     # drops an uncommitted first epoch's files
         initial_epoch = state["epoch"]
         if resuming and "history" in state:
             history = [dict(r) for r in state["history"].get(stage.name, [])]
         else:   # a run folder written before state.json named its files
             history = _read_history(stage_dir / "history.csv", initial_epoch) if resuming else []
-        drop = config.strategy == "tpu"
+        # every worker must run the same number of steps: a last batch that would leave some
+        # replica without a full slice is dropped
+        drop = config.strategy == "tpu" or (multiworker and len(train_source) % stage.batch_size != 0)
         steps = steps_per_epoch(train_source, stage.batch_size, drop)
         with strategy.scope():
             if resuming:
@@ -476,22 +538,27 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
         if initial_epoch >= stage.epochs:
             log(f"[{stage.name}] all {stage.epochs} epochs already done")
         else:
-            train_ds = make_pipeline(train_source, stage.input_size, stage.batch_size, augment=stage.augment,
+            def train_pipeline(slices=None):
+                return make_pipeline(train_source, stage.input_size, stage.batch_size, augment=stage.augment,
                                      backend=stage.backend, seed=config.seed, two_views=stage.two_views,
                                      drop_remainder=drop, label_stride=label_stride, epochs=stage.epochs,
-                                     initial_epoch=initial_epoch)
+                                     initial_epoch=initial_epoch, slices=slices)
+
+            train_ds = _sliced_datasets(strategy, train_pipeline) if multiworker else train_pipeline()
             val_ds = make_pipeline(val_source, stage.input_size, stage.batch_size, augment=False, shuffle=False,
                                    label_stride=label_stride)
-            run_state = _RunState(run_dir, stage, state, history)
+            if multiworker:
+                val_ds = _unsharded(val_ds)
+            run_state = _RunState(files_dir, stage, state, history)
             callbacks = [run_state, keras.callbacks.TerminateOnNaN(),
-                         keras.callbacks.TensorBoard(str(stage_dir / "tensorboard"), write_graph=False),
+                         keras.callbacks.TensorBoard(str(files_dir / stage.name / "tensorboard"), write_graph=False),
                          *extra_callbacks]
             if stage.early_stopping_patience:
                 callbacks.append(keras.callbacks.EarlyStopping("val_person_iou", mode="max",
                                                                patience=stage.early_stopping_patience))
             log(f"[{stage.name}] {stage.model}: epochs {initial_epoch + 1}..{stage.epochs}, batch {stage.batch_size}, "
                 f"{len(train_source)} training / {len(val_source)} validation images, "
-                f"{strategy.num_replicas_in_sync} replica(s)")
+                f"{replicas} replica(s)" + (" on this worker's slices of every batch" if multiworker else ""))
             t0 = time.perf_counter()
             model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=initial_epoch,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
@@ -511,5 +578,5 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
             "best": str(stage_dir / "best.keras"), "last": str(stage_dir / "last.keras"),
             "history": history})
         state["completed_stages"].append(stage.name)
-        _commit(run_dir, state)
+        _commit(files_dir, state)
     return summary
