@@ -128,8 +128,8 @@ def _kernel_axis(layer, variable) -> Callable | None:
         return None
     if isinstance(layer, keras.layers.Conv2DTranspose) and name == "kernel":
         return "transpose"        # [kh, kw, out, in]: per output channel (axis 2)
-    if name == "depthwise_kernel" or (isinstance(layer, (ScaledAdd, AffineThenResize))
-                                      and name in ("scale", "affine_scale")):
+    if (isinstance(layer, keras.layers.DepthwiseConv2D) and name in ("kernel", "depthwise_kernel")) or (
+            isinstance(layer, (ScaledAdd, AffineThenResize)) and name in ("scale", "affine_scale")):
         return "depthwise"        # [kh, kw, in, multiplier]: per in * multiplier
     if name == "kernel":
         return "conv"             # [kh, kw, in, out]: per output channel
@@ -216,10 +216,10 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
         for v in conv.weights:
             key = v.path.split("/")[-1]
             w = new[key]
-            if key == "kernel":
-                w = w * s
-            elif key == "depthwise_kernel":
+            if key in ("kernel", "depthwise_kernel") and isinstance(conv, keras.layers.DepthwiseConv2D):
                 w = (w.reshape(*w.shape[:2], -1) * s).reshape(w.shape)
+            elif key == "kernel":
+                w = w * s
             elif key == "bias":
                 w = w * s + t
             else:  # OffsetConv2D's border map [1, H, W, C]
@@ -388,6 +388,7 @@ class QATResult:
     model: keras.Model          # the fine-tuned float model the file was converted from (rewritten, BN folded)
     seconds: float
     summary: dict
+    fake_quantized: Callable = None   # batch of float pixels -> the fake-quantized model's output (export head)
 
 
 def _start_ranges(qat_net: keras.Model, plan: _Plan, images: np.ndarray) -> None:
@@ -505,7 +506,7 @@ def quantization_aware_export(model: keras.Model, settings: QATSettings, images:
     say(f"QAT: {settings.epochs} epoch(s) in {train_seconds:.0f} s (loss {losses}); TFLite vs fake-quantized Keras: "
         f"max |dp| {summary['tflite_vs_fake_quant']['max_abs_diff_probability']:.4f}, masks agree on "
         f"{summary['tflite_vs_fake_quant']['mask_agreement']:.2%} of pixels")
-    return QATResult(data, folded, seconds, summary)
+    return QATResult(data, folded, seconds, summary, qat_check)
 
 
 def _kind(head: str) -> str:
