@@ -47,6 +47,7 @@ TRAIN = {
                          "{runs}/sinet224/full/best.keras", HUMANSEG),
     "portraitnet": (f"sinet train --config training/portraitnet.yaml --data {HUMANSEG} -o {{runs}}/portraitnet "
                     "--verbose 2 epochs=6 batch_size=16 input_size=[128,128] two_views=false augment=false "
+                    "model_kwargs={{boundary_head:false}} "
                     "lr_step_every=null",
                     "{runs}/portraitnet/train/best.keras", HUMANSEG),
     "deeplabv3plus": (f"sinet train --config training/deeplabv3plus.yaml --data {HUMANSEG} -o {{runs}}/deeplab "

@@ -10,6 +10,8 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+EXIT_INT8_DROP = 7  # `export` / `demo`: int8 loses more person IoU than --max-drop allows
+
 
 def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,12 +80,14 @@ def cmd_predict(args):
 
 def cmd_demo(args):
     from sinet_tf.demo import run_demo
+    from sinet_tf.export.calibration import Int8GateError
 
-    run_demo(args.output, data=args.data, minutes=args.minutes, quick=args.quick)
+    try:
+        run_demo(args.output, data=args.data, minutes=args.minutes, quick=args.quick)
+    except Int8GateError as e:
+        print(f"sinet demo: int8 refused: {e}", file=sys.stderr)
+        return EXIT_INT8_DROP
     return 0
-
-
-EXIT_INT8_DROP = 7  # `export` / `demo`: int8 loses more person IoU than --max-drop allows
 
 
 def _qat_settings(args):

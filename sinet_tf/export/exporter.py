@@ -1,11 +1,13 @@
 """Export to ``.tflite`` (fp32 / fp16 / dynamic / full int8) with a JSON report.
 
 :func:`export_tflite` is what ``sinet export`` runs: fix the batch at 1, put the asked
-output head on top (:mod:`sinet_tf.export.heads`), convert (:mod:`sinet_tf.export.quantize`,
-int8 calibrated on real images through the dataset readers, after the numerically
-equivalent rewrites of :mod:`sinet_tf.export.rewrite`), reject files that break the
-rules (Flex/custom ops, variables, SHAPE, float islands in int8), check the GPU delegate's
-op rules, measure parity with the Keras model, optionally add MediaPipe-readable metadata,
+output head on top (:mod:`sinet_tf.export.heads`), convert (:mod:`sinet_tf.export.quantize`;
+int8 after the numerically equivalent rewrites of :mod:`sinet_tf.export.rewrite`, calibrated
+on real images through the dataset readers, the calibration chosen by parity on held-out
+photos and gated, :mod:`sinet_tf.export.calibration`, with quantization-aware fine-tuning
+when asked and needed, :mod:`sinet_tf.export.qat`), reject files that break the rules
+(Flex/custom ops, variables, SHAPE, float islands in int8), check the GPU delegate's op
+rules, measure parity with the Keras model, optionally add MediaPipe-readable metadata,
 and write ``OUT.tflite`` and ``OUT.json`` atomically.
 """
 
@@ -366,8 +368,9 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
                                                  equalization_images=images[:EQUALIZATION_IMAGES], log=say)
                 qat_candidate = Candidate("qat", done.data, score_tflite(parity_set, done.data, Path(tmp), "qat"),
                                           model=done.model, seconds=done.seconds)
-                say(f"  {'qat':22s} person IoU {qat_candidate.score['person_iou']:.4f} "
-                    f"(drop {qat_candidate.score['drop']:+.4f}), mask distance {qat_candidate.score['mask_distance']:.4f}")
+                score = qat_candidate.score
+                say(f"  {'qat':22s} person IoU {score['person_iou']:.4f} (drop {score['drop']:+.4f}), "
+                    f"mask distance {score['mask_distance']:.4f}")
                 info["qat"] = {**done.summary, **qat_candidate.to_dict()}
                 info["candidates"].append(qat_candidate.to_dict())
                 if qat_candidate.score["drop"] < chosen.score["drop"]:
