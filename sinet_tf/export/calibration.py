@@ -23,10 +23,10 @@ range equalization (:func:`sinet_tf.export.rewrite.int8_friendly`):
                 histogram (Banner et al., NeurIPS 2019, Eq. 2-5, without their Laplace
                 prior; Sung et al., 2015, Sec. 3).
 
-Calibration statistics are collected once per rewritten model (one TFLite calibration and
-one pass of the calibrated float model over the calibration images:
-:func:`collect_statistics`), and each estimator only rewrites the ranges before the
-converter's quantizer runs (:func:`write_ranges`).
+Calibration statistics are collected once per rewritten model (one TFLite calibration over
+all calibration images, and one pass of the calibrated float model over up to
+:data:`STATISTICS_IMAGES` of them: :func:`collect_statistics`), and each estimator only
+rewrites the ranges before the converter's quantizer runs (:func:`write_ranges`).
 
 **Parity**, on held-out images that calibration did not see, is measured as
 ``sinet evaluate`` measures (:class:`ParityImages`): each photo resized to the model's
@@ -70,6 +70,7 @@ PERCENTILE = 99.99      # percent of values inside the range (two-sided) for the
 DEFAULT_MAX_DROP = 0.01  # person IoU the gate lets int8 lose on the parity images
 BINS = 2048              # histogram bins per tensor over its min/max range
 MAX_SAMPLES = 1 << 15    # values per tensor and image that enter its histogram (evenly strided)
+STATISTICS_IMAGES = 64   # calibration images (evenly spaced) the per-image statistics come from
 
 
 class Int8GateError(ExportError):
@@ -118,10 +119,13 @@ def _range_tensors(model) -> list[int]:
             and t.quantization.min is not None and len(t.quantization.min) == 1]
 
 
-def collect_statistics(calibrated: bytes, images, progress: Callable[[int, int], None] | None = None
-                       ) -> CalibrationStatistics:
-    """One pass of the calibrated float model over ``images`` (``[N, H, W, 3]``) with every
-    tensor kept: the statistics every estimator needs."""
+def collect_statistics(calibrated: bytes, images, progress: Callable[[int, int], None] | None = None,
+                       max_images: int = STATISTICS_IMAGES) -> CalibrationStatistics:
+    """One pass of the calibrated float model over ``images`` (``[N, H, W, 3]``; at most
+    ``max_images`` of them, evenly spaced) with every tensor kept: the statistics every
+    estimator needs (TFLite's min/max, ``lo``/``hi``, cover all calibration images)."""
+    if len(images) > max_images:
+        images = [images[int(i)] for i in np.linspace(0, len(images) - 1, max_images).round()]
     model = parse_model(calibrated)
     sub = model.subgraphs[0]
     indices = _range_tensors(model)

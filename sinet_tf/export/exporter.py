@@ -53,6 +53,7 @@ from sinet_tf.export.quantize import (
     convert,
     inspect_tflite,
     quantize_calibrated_model,
+    representative_dataset,
 )
 from sinet_tf.export.rewrite import int8_friendly
 from sinet_tf.export.tflite import with_fixed_batch
@@ -149,22 +150,6 @@ def calibration_images(data, split: str | None, input_size: tuple[int, int], cou
         images.append(resize_to_input(image, input_size))
         labels.append(resize_to_input(label, input_size, nearest=True))
     return np.stack(images), np.stack(labels)
-
-
-def representative_dataset(images: np.ndarray):
-    """The converter's calibration generator. The first image is repeated once with its
-    top row black and bottom row white, so the input's calibrated range is exactly
-    [0, 255]: an int8/uint8 input then has scale 1 (uint8 zero point 0, int8 -128), and
-    a phone feeds camera bytes as they are."""
-    pinned = images[0].copy()
-    pinned[0], pinned[-1] = 0.0, 255.0
-
-    def gen():
-        yield [pinned[None].astype(np.float32)]
-        for im in images:
-            yield [im[None].astype(np.float32)]
-
-    return gen
 
 
 def _max_differences(model, runner, head, images) -> dict:

@@ -58,7 +58,7 @@ from sinet_tf.export.passes.graph import FoldedAway, bn_affine, folded_away, is_
 from sinet_tf.export.passes.input_normalization import OffsetConv2D
 from sinet_tf.export.passes.prelu import DecomposedPReLU
 from sinet_tf.export.passes.space_to_depth import SpaceToDepthConv2D
-from sinet_tf.export.quantize import ExportError, calibrate, quantize_calibrated_model
+from sinet_tf.export.quantize import ExportError, calibrate, quantize_calibrated_model, representative_dataset
 from sinet_tf.export.rewrite import int8_friendly
 from sinet_tf.layers.information_blocking import InformationBlockingGate
 from sinet_tf.layers.resize import BilinearResize
@@ -465,8 +465,6 @@ def quantization_aware_export(model: keras.Model, settings: QATSettings, images:
             fq.hi.assign(twin.hi)
 
     export_model = with_output_head(folded, head)
-    from sinet_tf.export.exporter import representative_dataset
-
     calibrated = calibrate(export_model, representative_dataset(images), io)
     interpreter = make_interpreter(calibrated, xnnpack=False)
     by_layer = tensors_by_layer(interpreter)

@@ -47,7 +47,8 @@ from sinet_tf.runtime.model_file import (
 )
 
 __all__ = ["CALIBRATION_RANGES", "QUANTIZE_MODES", "IO_TYPES", "ExportError", "TFLiteContents", "average_ranges",
-           "calibrate", "convert", "inspect_tflite", "output_kind", "quantize_calibrated_model"]
+           "calibrate", "convert", "inspect_tflite", "output_kind", "quantize_calibrated_model",
+           "representative_dataset"]
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 IO_TYPES = ("float32", "uint8", "int8")
@@ -184,6 +185,22 @@ def convert(model, quantize: str = "none", io: str = "float32",
     with contextlib.redirect_stdout(StringIO()):
         data = converter.convert()
     return add_serving_signature(data, input_names(model))
+
+
+def representative_dataset(images: np.ndarray):
+    """The converter's calibration generator. The first image is repeated once with its
+    top row black and bottom row white, so the input's calibrated range is exactly
+    [0, 255]: an int8/uint8 input then has scale 1 (uint8 zero point 0, int8 -128), and
+    a phone feeds camera bytes as they are."""
+    pinned = images[0].copy()
+    pinned[0], pinned[-1] = 0.0, 255.0
+
+    def gen():
+        yield [pinned[None].astype(np.float32)]
+        for im in images:
+            yield [im[None].astype(np.float32)]
+
+    return gen
 
 
 def _per_image_ranges(data: bytes, images, indices):
