@@ -91,10 +91,10 @@ def cmd_demo(args):
 
 
 def _qat_settings(args):
-    """:class:`QATSettings` for ``--qat-epochs N``: loss, batch size, augmentation and the
-    last scheduled learning rate of the model's own recipe (``--qat-recipe``, else the
-    ``state.json`` of the run folder the ``.keras`` file is in, else training/default.yaml),
-    and the data of ``--data``, else of that recipe."""
+    """:class:`QATSettings` for ``--qat-epochs N``: loss, batch size and augmentation of the
+    model's own recipe (``--qat-recipe``, else the ``state.json`` of the run folder the
+    ``.keras`` file is in, else training/default.yaml) at a tenth of its learning rate, and
+    the data of ``--data``, else of that recipe."""
     if not args.qat_epochs:
         if args.data or args.qat_recipe:
             raise ValueError("--data and --qat-recipe are for quantization-aware fine-tuning: add --qat-epochs N")
@@ -129,9 +129,8 @@ def _qat_settings(args):
     if not data:
         raise ValueError("--qat-epochs needs training data: give --data SRC (a dataset folder/list file, or "
                          "synthetic[:N])")
-    lr = stage.learning_rate * stage.lr_factor ** len(stage.lr_milestones or ())
     return QATSettings(data=str(data), epochs=args.qat_epochs, loss=stage.loss, batch_size=stage.batch_size,
-                       learning_rate=lr, augment=stage.augment, recipe=str(recipe))
+                       learning_rate=0.1 * stage.learning_rate, augment=stage.augment, recipe=str(recipe))
 
 
 def cmd_export(args):

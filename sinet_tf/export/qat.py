@@ -21,8 +21,8 @@ on exactly the graph the int8 exporter converts:
    straight-through estimator (Bengio et al., 2013): the forward pass uses the quantized
    kernels, the gradient updates float "shadow" kernels;
 3. fine-tuning for a few epochs with the model's own loss, batch size, augmentation and
-   data (:class:`QATSettings`; the learning rate is the recipe's last scheduled one), on
-   :func:`sinet_tf.data.pipeline.make_pipeline`;
+   data (:class:`QATSettings`; ``sinet export --qat-epochs`` uses a tenth of the recipe's
+   learning rate), with Adam, on :func:`sinet_tf.data.pipeline.make_pipeline`;
 4. conversion of the fine-tuned float model (shadow kernels, which the quantizer rounds
    exactly as the fake quantization did) with the learned ranges written into the
    calibrated model's tensors before the MLIR quantizer runs
