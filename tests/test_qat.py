@@ -110,3 +110,25 @@ def test_batch_norm_after_a_conv_is_folded_as_the_converter_folds_it():
     np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x)), rtol=1e-4, atol=1e-3)
     assert {type(layer).__name__ for layer in folded.layers} >= {"FoldedAway"}
     assert not any(type(layer) is keras.layers.BatchNormalization for layer in folded.layers)
+
+
+def test_export_reads_the_recipe_of_the_run_the_model_comes_from(tmp_path):
+    """``sinet export RUN/STAGE/best.keras --qat-epochs N``: loss, batch size and augmentation
+    from the run's state.json (that stage), a tenth of its learning rate, its data."""
+    from sinet_tf.cli import _qat_settings, build_parser
+
+    run = tmp_path / "run"
+    (run / "full").mkdir(parents=True)
+    stages = [{"name": "encoder", "model": "sinet_encoder", "loss": "ce", "batch_size": 36, "learning_rate": 5e-4},
+              {"name": "full", "model": "sinet", "loss": "ce + 1.0 * boundary(window=15)", "batch_size": 24,
+               "learning_rate": 4e-4, "augment": {"rotation_deg": [-15, 15]}}]
+    (run / "state.json").write_text(json.dumps({"config": {"data": "synthetic:64", "stages": stages}}))
+    args = build_parser().parse_args(["export", str(run / "full" / "best.keras"), "-o", str(tmp_path / "x.tflite"),
+                                      "--quantize", "int8", "--qat-epochs", "3"])
+    settings = _qat_settings(args)
+    assert (settings.data, settings.epochs, settings.loss, settings.batch_size) == \
+        ("synthetic:64", 3, "ce + 1.0 * boundary(window=15)", 24)
+    assert settings.learning_rate == pytest.approx(4e-5) and settings.augment == {"rotation_deg": [-15, 15]}
+    assert "stage full" in settings.recipe
+    args.data = "synthetic:32"  # --data wins over the recipe's
+    assert _qat_settings(args).data == "synthetic:32"
