@@ -71,17 +71,27 @@ def test_range_estimators_against_numpy():
     assert hi[0] < 80.0
 
 
-def test_rank_prefers_gate_then_closeness_to_float():
+def test_rank_keeps_the_preferred_calibration_unless_another_is_significantly_better():
     from sinet_tf.export.calibration import Candidate
 
-    def c(name, drop, distance, problems=()):
-        return Candidate(name, b"", {"person_iou": 0.5, "drop": drop, "mask_distance": distance},
-                         problems=list(problems))
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.5, 0.9, 40)
 
-    ranked = rank([c("a", 0.02, 0.01), c("b", -0.02, 0.05), c("c", 0.005, 0.02), c("d", 0.0, 0.0, ["float island"]),
-                   c("e", None, None, ["does not run"])], max_drop=0.01)
-    # b gains IoU but moves the masks more than c: c is closer to the float model
-    assert [x.name for x in ranked] == ["c", "b", "a", "d", "e"]
+    def c(name, shift, noise=0.02, problems=()):
+        per_image = list(np.clip(truth + shift + rng.normal(0, noise, 40), 0, 1))
+        return Candidate(name, b"", {"person_iou": float(np.mean(per_image)), "drop": float(-shift),
+                                     "mask_distance": 0.1, "per_image_iou": per_image}, problems=list(problems))
+
+    # all meet the gate; the small gains are within the noise: the preferred one stays first
+    ranked = rank([c("mse", 0.001), c("minmax+equalize", 0.0), c("average", 0.0005)], max_drop=0.01)
+    assert [x.name for x in ranked] == ["minmax+equalize", "average", "mse"]
+    # the preferred one misses the gate: the next preferred that meets it
+    ranked = rank([c("percentile", -0.002), c("minmax+equalize", -0.2), c("average", -0.005),
+                   c("mse", 0.0, problems=["float island"])], max_drop=0.01)
+    assert [x.name for x in ranked] == ["average", "percentile", "minmax+equalize", "mse"]
+    # a candidate better by far more than the noise overrules the preference
+    ranked = rank([c("minmax+equalize", -0.008, noise=0.002), c("percentile", 0.006, noise=0.002)], max_drop=0.01)
+    assert ranked[0].name == "percentile"
     assert parse_candidate_name("mse+equalize") == ("mse", True)
     with pytest.raises(ExportError, match="unknown int8 calibration 'fast'; choose one of minmax"):
         parse_candidate_name("fast")
