@@ -326,6 +326,27 @@ def _output_layers(model) -> list[str]:
     return layer_input_producers(model)["<outputs>"]
 
 
+def _first_layers(model: keras.Model) -> list:
+    """The layers that read the model input, through padding and identities (a folded
+    normalization): the first convs, which see pixels in [0, 255]."""
+    layers, _, consumers = read_graph(model)
+    frontier = [n for n, layer in layers.items() if isinstance(layer, keras.layers.InputLayer)]
+    found, seen = [], set()
+    while frontier:
+        name = frontier.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for c in consumers.get(name, []):
+            if c is None:
+                continue
+            if isinstance(layers[c], _SAME_VALUES):
+                frontier.append(c)
+            else:
+                found.append(layers[c])
+    return found
+
+
 class QATModel(keras.Model):
     """Trains a fake-quantized network: each step writes the fake-quantized shadow kernels
     into the network's kernels, runs forward and backward on them, and applies the
@@ -338,10 +359,7 @@ class QATModel(keras.Model):
         # the first convs read pixels in [0, 255] (the input normalization is folded into
         # them), so their weights are ~1/255 of the others', and Adam's steps have the same
         # size for every weight: they stay as they are (still fake-quantized)
-        producers = read_graph(base).producers
-        inputs = {layer.name for layer in base.layers if isinstance(layer, keras.layers.InputLayer)}
-        self.frozen = {id(v) for layer in base.layers if set(producers.get(layer.name, [])) & inputs
-                       for v in layer.trainable_weights}
+        self.frozen = {id(v) for layer in _first_layers(base) for v in layer.trainable_weights}
         for layer in base.layers:
             for v in layer.weights:
                 kind = _kernel_axis(layer, v)
@@ -391,8 +409,10 @@ class QATResult:
     fake_quantized: Callable = None   # batch of float pixels -> the fake-quantized model's output (export head)
 
 
-def _start_ranges(qat_net: keras.Model, plan: _Plan, images: np.ndarray) -> None:
-    """Each range starts at the mean over ``images`` of that image's minimum and maximum."""
+def _start_ranges(float_model: keras.Model, plan: _Plan, images: np.ndarray) -> None:
+    """Each range starts at the mean over ``images`` of that image's minimum and maximum of
+    the layer's output in the *float* model (in the fake-quantized one, ranges that are
+    still 0 upstream would make every range downstream collapse)."""
     own = [(name, fq) for name, fq in plan.quantizers.items() if fq.shared is None]
     inputs = [fq for name, fq in own if fq.fixed]
     for fq in inputs:
@@ -401,7 +421,7 @@ def _start_ranges(qat_net: keras.Model, plan: _Plan, images: np.ndarray) -> None
     learned = [(name, fq) for name, fq in own if not fq.fixed]
     if not learned:
         return
-    probe = keras.Model(qat_net.inputs, [fq.input for _, fq in learned])
+    probe = keras.Model(float_model.inputs, [float_model.get_layer(name).output for name, _ in learned])
     lows, highs = np.zeros(len(learned)), np.zeros(len(learned))
     for x in images:
         outs = probe(np.asarray(x, np.float32)[None])
@@ -428,7 +448,7 @@ def quantization_aware_export(model: keras.Model, settings: QATSettings, images:
     friendly = int8_friendly(model, images=equalization_images if equalize else None)
     folded = fold_batch_norms(friendly)
     qat_net, plan = quantization_aware(folded, settings.ema)
-    _start_ranges(qat_net, plan, images[: min(len(images), 32)])
+    _start_ranges(folded, plan, images[: min(len(images), 32)])
 
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
     out_h = int(qat_net.outputs[0].shape[1])
