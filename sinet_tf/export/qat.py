@@ -488,6 +488,8 @@ def quantization_aware_export(model: keras.Model, settings: QATSettings, images:
     calibrated = calibrate(export_model, representative_dataset(images), io)
     interpreter = make_interpreter(calibrated, xnnpack=False)
     by_layer = tensors_by_layer(interpreter)
+    # the model output is named after the graph's output, not after its layer
+    by_layer.setdefault(_output_layers(export_model)[0], int(interpreter.get_output_details()[0]["index"]))
     indices, lows, highs, written = [], [], [], []
     for name, tensor in by_layer.items():
         fq = plan.range_of.get(name)
