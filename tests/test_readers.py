@@ -455,7 +455,31 @@ def _bad_values(root, humanseg):
     return root / "masks" / "bad.png", "unexpected_mask_values", r"unexpected values \{0, 7\}"
 
 
-BAD = [_bad_corrupt_jpeg, _bad_truncated_png, _bad_text_jpg, _bad_missing_mask, _bad_missing_image, _bad_values]
+def _bad_entropy_jpeg(root, humanseg):
+    """A whole JPEG whose entropy-coded data has 2,000 zeroed bytes: OpenCV decodes it (the
+    rest grey) and only libjpeg's warning tells; the file is not truncated."""
+    data = bytearray((humanseg / "images" / "1.jpg").read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 2000] = bytes(2000)
+    (root / "images" / "bad.jpg").write_bytes(bytes(data))
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR) is not None
+    write_grey(root / "masks" / "bad.png", person_mask(12, 12))
+    return root / "images" / "bad.jpg", "unreadable_image", r"corrupt JPEG data \(Corrupt JPEG data: premature end"
+
+
+def _bad_all_255(root, humanseg):
+    """Masks that use 1 for person (and 255 for ignore), and one that is 255 everywhere."""
+    for i in range(3):
+        m = person_mask(12, 12, 1, i)
+        m[0, :] = 255
+        write_grey(root / "masks" / f"ok{i}.png", m)
+    write_rgb(root / "images" / "bad.jpg", photo(12, 12, 9))
+    write_grey(root / "masks" / "bad.png", np.full((12, 12), 255, np.uint8))
+    return root / "masks" / "bad.png", "ambiguous_mask", "255 everywhere .* use 1 for person"
+
+
+BAD = [_bad_corrupt_jpeg, _bad_entropy_jpeg, _bad_truncated_png, _bad_text_jpg, _bad_missing_mask,
+       _bad_missing_image, _bad_values, _bad_all_255]
 
 
 @pytest.mark.parametrize("make_bad", BAD, ids=lambda f: f.__name__[5:])
@@ -467,7 +491,7 @@ def test_bad_sample_raise_skip_and_check(tmp_path, humanseg, make_bad, caplog):
         load_dataset(tmp_path)
     msg = str(e.value)
     assert isinstance(e.value, ValueError) and str(path) in msg
-    assert 'on_error="skip"' in msg and "--skip-bad" in msg
+    assert 'on_error="skip"' in msg and "on_bad_sample: skip" in msg and "--skip-bad" not in msg
     assert re.search(pattern, msg), msg
     assert e.value.problems[0].kind == kind and not e.value.structural
 
@@ -482,6 +506,31 @@ def test_bad_sample_raise_skip_and_check(tmp_path, humanseg, make_bad, caplog):
     report = check_dataset(tmp_path)
     assert not report.ok and [(p.kind, p.path) for p in report.problems] == [(kind, str(path))]
     assert report.to_dict()["problem_counts"] == {kind: 1}
+
+
+def test_all_255_mask_where_255_means_person_is_kept(tmp_path):
+    # only {0,255} masks: 255 = person everywhere, so an all-255 mask is an all-person label
+    _good_pairs(tmp_path)
+    write_rgb(tmp_path / "images" / "full.jpg", photo(12, 12, 9))
+    write_grey(tmp_path / "masks" / "full.png", np.full((12, 12), 255, np.uint8))
+    ds = load_dataset(tmp_path)
+    assert len(ds) == 4 and ds.report.ok
+    assert (labels_by_stem(ds)["full"] == 1).all()
+
+
+def test_hash_in_list_file_names(tmp_path):
+    write_rgb(tmp_path / "images" / "p#1.jpg", photo(8, 8, 1))
+    write_grey(tmp_path / "masks" / "p#1.png", person_mask(8, 8, 1))
+    write_rgb(tmp_path / "images" / "p2.jpg", photo(8, 8, 2))
+    write_grey(tmp_path / "masks" / "p2.png", person_mask(8, 8, 1, 2))
+    (tmp_path / "train.txt").write_text("# image mask\nimages/p#1.jpg masks/p#1.png  # the first\n"
+                                        "images/p2.jpg masks/p2.png#not a comment\n")
+    with pytest.raises(DataError, match=r"p2.png#not a comment"):
+        load_dataset(tmp_path / "train.txt")
+    (tmp_path / "train.txt").write_text("# image mask\nimages/p#1.jpg masks/p#1.png  # the first\n"
+                                        "  # indented comment\nimages/p2.jpg masks/p2.png\n")
+    ds = load_dataset(tmp_path / "train.txt")
+    assert [s.image.name for s in ds.samples] == ["p#1.jpg", "p2.jpg"]
 
 
 def test_soft_masks_suggest_mattes(tmp_path):
@@ -603,3 +652,22 @@ def test_cli_data_check(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = _run(capsys, "data", "check", tmp_path / "empty")
     assert code == 2 and "empty" in err
+
+
+def test_damaged_jpegs_are_told_from_real_photos(humanseg):
+    """libjpeg's warnings and the end-of-image walk flag damaged JPEGs that OpenCV still
+    returns as images, and none of humanseg290's 290 real photos."""
+    from sinet_tf.files import decode_image
+
+    flagged = [p.name for p in sorted((humanseg / "images").glob("*.jpg")) if decode_image(p.read_bytes())[1]]
+    assert flagged == []
+    good = (humanseg / "images" / "2.jpg").read_bytes()
+    tail_zeroed = good[:len(good) // 2] + bytes(len(good) - len(good) // 2)   # the end marker overwritten
+    assert cv2.imdecode(np.frombuffer(tail_zeroed, np.uint8), cv2.IMREAD_COLOR) is not None
+    image, warnings = decode_image(tail_zeroed)
+    assert image is not None and warnings and "no end-of-image marker" in warnings[0]
+    middle = bytearray((humanseg / "images" / "5.jpg").read_bytes())
+    middle[len(middle) // 2:len(middle) // 2 + 2000] = bytes(2000)
+    assert decode_image(bytes(middle))[1] == ["Corrupt JPEG data: premature end of data segment"]
+    with_trailer = good + b"camera maker's trailing data"
+    assert decode_image(with_trailer)[1] == []

@@ -52,6 +52,43 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
         load_recipe(RECIPE_DIR / "default.yaml", overrides=["learnig_rate=0.1"])
 
 
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate: fast\n", "r.yaml: learning_rate: 'fast' is not a number"),
+    ("learning_rate: -0.1\n", "r.yaml: learning_rate: -0.1 must be > 0"),
+    ("learning_rate: 0\n", "r.yaml: learning_rate: 0 must be > 0"),
+    ("learning_rate: .nan\n", "r.yaml: learning_rate: nan is not a finite number"),
+    ("batch_size: 2.7\n", "r.yaml: batch_size: 2.7 is not a whole number"),
+    ("batch_size: 0\n", "r.yaml: batch_size: 0 must be >= 1"),
+    ("epochs: ten\n", "r.yaml: epochs: 'ten' is not a whole number"),
+    ("epochs: true\n", "r.yaml: epochs: True is not a whole number"),
+    ("input_size: 224\n", r"r.yaml: input_size: 224 is not a pair \[height, width\] \(write \[224, 224\]\)"),
+    ("input_size: [224, 0]\n", r"r.yaml: input_size: \[224, 0\]: 0 must be >= 1"),
+    ("input_size: [100, 100]\n", r"r.yaml: input_size: \[100, 100\] must be multiples of 32 for sinet "
+                                  r"\(e.g. \[96, 96\] or \[128, 128\]\)"),
+    ("model: extremec3net\ninput_size: [226, 224]\n", r"input_size: \[226, 224\] must be multiples of 4"),
+    ("lr_milestones: 150\n", r"r.yaml: lr_milestones: 150 is not a list \(write \[150\]\)"),
+    ("momentum: 1.5\noptimizer: sgd\n", "r.yaml: momentum: 1.5 must be < 1"),
+    ("run_eagerly: sometimes\n", "r.yaml: run_eagerly: 'sometimes' is not true or false"),
+    ("seed: 1.5\n", "r.yaml: seed: 1.5 is not a whole number"),
+    ("on_bad_sample: ignore\n", "r.yaml: on_bad_sample: 'ignore' is not one of 'raise', 'skip'"),
+    ("loss: cee\n", "r.yaml: loss: unknown loss 'cee'"),
+    ("stages: 3\n", "r.yaml: stages: 3 is not a list of stage mappings"),
+    ("stages:\n  - name: a\n    epochs: ten\n", "r.yaml: stage 'a': epochs: 'ten' is not a whole number"),
+])
+def test_recipe_values_are_typed_and_errors_name_file_key_and_value(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(_recipe(tmp_path, text))
+
+
+def test_recipe_numbers_the_yaml_way_and_command_line_values(tmp_path):
+    # PyYAML reads 5e-4 (no dot) as text; it is still a number
+    (stage,) = load_recipe(_recipe(tmp_path, "learning_rate: 5e-4\nepochs: 3.0\n")).stages
+    assert stage.learning_rate == 5e-4 and stage.epochs == 3 and isinstance(stage.epochs, int)
+    with pytest.raises(RecipeError, match=r"default.yaml: learning_rate: 'fast' is not a number \(set on the "
+                                          r"command line\)"):
+        load_recipe(RECIPE_DIR / "default.yaml", overrides=["learning_rate=fast"])
+
+
 def test_unknown_model_and_bad_stage_references(tmp_path):
     with pytest.raises(RecipeError, match=r"unknown model 'sinett'.*did you mean 'sinet'"):
         load_recipe(_recipe(tmp_path, "model: sinett\n"))
@@ -133,6 +170,55 @@ def test_killed_and_resumed_run_has_the_same_history(tmp_path):
     assert a[2]["learning_rate"] == pytest.approx(a[0]["learning_rate"] * 0.5)  # the milestone at epoch 2
     with pytest.raises(TrainingError, match="another recipe configuration"):
         train(_tiny(tmp_path, epochs=4), tmp_path / "killed", resume=True, **quiet)
+
+
+def _poison(epoch):
+    """A callback that puts a NaN into the first weight after the first batch of ``epoch``
+    (0-based): a run that diverged."""
+    import keras
+
+    class Poison(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch = None
+
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if self.epoch == epoch and b == 0:
+                w = self.model.weights[0]
+                w.assign(np.full(w.shape, np.nan, dtype="float32"))
+
+    return Poison()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_diverged_epoch_is_not_committed_and_no_nan_checkpoint_is_written(tmp_path):
+    from sinet_tf.loading import load_keras_model
+    from sinet_tf.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 diverged .*not committed, the run folder holds epoch 1"):
+        train(_tiny(tmp_path), tmp_path / "run", extra_callbacks=[_poison(epoch=1)], verbose=0, log=lambda *a: None)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 1 and [r["epoch"] for r in state["history"]["train"]] == [1]
+    for name in ("best.keras", "last.keras"):
+        weights = load_keras_model(tmp_path / "run" / "train" / name).get_weights()
+        assert all(np.isfinite(w).all() for w in weights), name
+    assert sorted(p.name for p in (tmp_path / "run" / "train" / "checkpoints").iterdir()) == [
+        "best-e0001.keras", "last-e0001.keras"]
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    import sinet_tf
+    from sinet_tf.files import save_keras_atomic
+
+    model = sinet_tf.build_model("sinet_encoder", input_shape=(32, 32, 3), **TINY_SINET)
+    w = model.weights[3]
+    w.assign(np.full(w.shape, np.inf, dtype="float32"))
+    with pytest.raises(ValueError, match=f"not written: weight {w.path} .* holds NaN or inf"):
+        save_keras_atomic(model, tmp_path / "m.keras")
+    assert list(tmp_path.iterdir()) == []
 
 
 MIRRORED_STEP = r"""
@@ -324,7 +410,7 @@ def test_aux_weight_and_aux_head_must_go_together(tmp_path):
         train(_tiny(tmp_path, **aux_model), tmp_path / "run2", **quiet)
     with pytest.raises(TrainingError, match="two-view training does not support one"):
         train(_tiny(tmp_path, two_views=True, aux_weight=0.4, **aux_model), tmp_path / "run3", **quiet)
-    with pytest.raises(RecipeError, match="optimizer must be one of adam, sgd"):
+    with pytest.raises(RecipeError, match="optimizer: 'rmsprop' is not one of 'adam', 'sgd'"):
         load_recipe(RECIPE_DIR / "default.yaml", overrides=["optimizer=rmsprop"])
 
 

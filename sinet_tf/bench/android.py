@@ -3,7 +3,10 @@
 The pure functions build the ``adb`` and ``benchmark_model`` command lines and parse what
 ``adb devices`` and ``benchmark_model`` print; :func:`benchmark_on_device` strings them
 together (check ``adb``, pick the device, push the binary and the models to
-``/data/local/tmp``, run, parse). The rows have the keys of the host benchmark's
+``/data/local/tmp``, run, parse). ``adb shell`` hands its arguments to the phone's shell
+as one command line, so every such call goes through :func:`shell_command`, which quotes
+each argument (a space in a file name would split it, a ``;`` start a second command),
+and the models get device file names of safe characters only. The rows have the keys of the host benchmark's
 (:func:`sinet_tf.bench.host.benchmark`) where ``benchmark_model`` reports the quantity:
 it prints the mean, min, max and standard deviation of the timed runs, not the median
 or percentiles, so ``median_ms`` and ``p90_ms`` are ``None`` and ``mean_ms`` carries the
@@ -13,6 +16,7 @@ latency.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,8 +24,8 @@ from pathlib import Path
 from sinet_tf.bench.host import model_info
 
 __all__ = ["BENCHMARK_MODEL_URL", "DEVICE_DIR", "AdbError", "adb_command", "benchmark_model_command",
-           "benchmark_on_device", "find_adb", "parse_adb_devices", "parse_benchmark_output", "pick_device",
-           "row_from_output"]
+           "benchmark_on_device", "device_file_name", "find_adb", "parse_adb_devices", "parse_benchmark_output",
+           "pick_device", "row_from_output", "shell_command"]
 
 MEASUREMENT_DOCS = "https://www.tensorflow.org/lite/performance/measurement"
 BENCHMARK_MODEL_URL = ("https://storage.googleapis.com/tensorflow-nightly-public/prod/tensorflow/release/lite/tools/"
@@ -82,6 +86,18 @@ def pick_device(devices: list[tuple[str, str]], serial: str | None = None) -> st
 
 def adb_command(adb: str, serial: str | None, *args: str) -> list[str]:
     return [adb, *(["-s", serial] if serial else []), *args]
+
+
+def shell_command(adb: str, serial: str | None, *argv: str) -> list[str]:
+    """``adb [-s SERIAL] shell 'ARGV quoted'``: the device's shell splits the one command line
+    back into exactly ``argv``."""
+    return adb_command(adb, serial, "shell", shlex.join(str(a) for a in argv))
+
+
+def device_file_name(index: int, path) -> str:
+    """The name a model gets in ``/data/local/tmp``: its own, with anything but letters,
+    digits, ``.``, ``_`` and ``-`` replaced by ``_``, after a per-run index."""
+    return f"sinet_bench_{index}_" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(path).name)
 
 
 def benchmark_model_command(graph: str, threads: int, use_gpu: bool, runs: int, warmup: int,
@@ -198,23 +214,23 @@ def benchmark_on_device(models, threads=(4,), use_gpu: bool = False, runs: int =
             raise FileNotFoundError(f"benchmark binary not found: {binary}. {_missing_binary_message()}")
         say(f"pushing {binary} to {device}:{DEVICE_BINARY}")
         _run(adb_command(adb, device, "push", str(binary), DEVICE_BINARY), "adb push")
-        _run(adb_command(adb, device, "shell", "chmod", "755", DEVICE_BINARY), "adb shell chmod")
+        _run(shell_command(adb, device, "chmod", "755", DEVICE_BINARY), "adb shell chmod")
     else:
-        listing = subprocess.run(adb_command(adb, device, "shell", "ls", DEVICE_BINARY),
+        listing = subprocess.run(shell_command(adb, device, "ls", DEVICE_BINARY),
                                  capture_output=True, text=True, timeout=60)
         if listing.returncode != 0 or "No such file" in listing.stdout + listing.stderr:
             raise AdbError(_missing_binary_message())
     remote = []
     for i, info in enumerate(infos):
-        dest = f"{DEVICE_DIR}/sinet_bench_{i}_{Path(info['model']).name}"
+        dest = f"{DEVICE_DIR}/{device_file_name(i, info['model'])}"
         say(f"pushing {info['model']} to {device}:{dest}")
         _run(adb_command(adb, device, "push", info["model"], dest), "adb push")
         remote.append(dest)
     rows = []
     for n in threads:
         for info, dest in zip(infos, remote):
-            cmd = adb_command(adb, device, "shell", *benchmark_model_command(dest, n, use_gpu, runs, warmup))
-            say(" ".join(cmd[cmd.index("shell") + 1:]))
+            cmd = shell_command(adb, device, *benchmark_model_command(dest, n, use_gpu, runs, warmup))
+            say(cmd[-1])
             text = _run(cmd, f"benchmark_model on {info['name']}")
             row = {**info, "device": device, "warmup": int(warmup), "command": " ".join(cmd),
                    **row_from_output(parse_benchmark_output(text), n, use_gpu)}

@@ -8,11 +8,16 @@ photos and gated, :mod:`sinet_tf.export.calibration`, with quantization-aware fi
 when asked and needed, :mod:`sinet_tf.export.qat`), reject files that break the rules
 (Flex/custom ops, variables, SHAPE, float islands in int8), check the GPU delegate's op
 rules, measure parity with the Keras model, optionally add MediaPipe-readable metadata,
-and write ``OUT.tflite`` and ``OUT.json`` atomically.
+and write ``OUT.tflite`` and ``OUT.json`` as one commit (:func:`export_tflite`). With the
+``mask`` head the file can carry the post-processing of :mod:`sinet_tf.postprocess` too: the
+guided edge refinement (``refine="guided"``) and the gated-EMA temporal smoothing behind a
+second input, the previous matte (``temporal="ema"``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -22,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -57,13 +61,14 @@ from sinet_tf.export.quantize import (
 )
 from sinet_tf.export.rewrite import int8_friendly
 from sinet_tf.export.tflite import with_fixed_batch
-from sinet_tf.files import write_atomic
+from sinet_tf.files import atomic_path
+from sinet_tf.progress import progress_bar
 from sinet_tf.inference import resize_to_input
 from sinet_tf.loading import load_model
 from sinet_tf.runtime.heads import person_probability_from_output
 from sinet_tf.runtime.interpreter import TFLiteRunner
 
-__all__ = ["ExportReport", "calibration_images", "export_tflite", "load_export_source"]
+__all__ = ["ExportReport", "calibration_images", "export_tflite", "load_export_source", "read_export_report"]
 
 log = logging.getLogger("sinet_tf.export")
 
@@ -134,7 +139,8 @@ def load_export_source(source, weights=None, input_size=None):
     return load_model(source, weights, input_size=input_size)
 
 
-def calibration_images(data, split: str | None, input_size: tuple[int, int], count: int, seed: int = 0):
+def calibration_images(data, split: str | None, input_size: tuple[int, int], count: int, seed: int = 0,
+                       progress: bool | None = False, what: str = "reading calibration images"):
     """``count`` images of ``data`` (a dataset path or ``synthetic[:N]``) through the
     deployment preprocessing (:func:`sinet_tf.inference.resize_to_input`), with their
     labels resized (nearest) to the input size. No augmentation."""
@@ -145,11 +151,64 @@ def calibration_images(data, split: str | None, input_size: tuple[int, int], cou
         raise ExportError(f"calibration data {data} (split {split}) has {len(source)} images; "
                           f"{count} were asked (--num-calibration)")
     images, labels = [], []
-    for i in range(count):
-        image, label = source.read(i)
-        images.append(resize_to_input(image, input_size))
-        labels.append(resize_to_input(label, input_size, nearest=True))
+    with progress_bar(what, count, progress) as advance:
+        for i in range(count):
+            image, label = source.read(i)
+            images.append(resize_to_input(image, input_size))
+            labels.append(resize_to_input(label, input_size, nearest=True))
+            advance()
     return np.stack(images), np.stack(labels)
+
+
+def _run_with_previous(runner, x, previous) -> np.ndarray:
+    """A float two-input file (image, previous matte) on one image."""
+    interpreter = runner.interpreter
+    image, prev = sorted(runner.input_details[:2], key=lambda d: -int(d["shape"][-1]))  # RGB first, matte second
+    interpreter.set_tensor(image["index"], np.asarray(x, np.float32))
+    interpreter.set_tensor(prev["index"], np.asarray(previous, np.float32))
+    interpreter.invoke()
+    return interpreter.get_tensor(runner.output_details[0]["index"]).astype(np.float32)
+
+
+def _parity(model, runner, head, images, progress: bool | None = False) -> dict:
+    """Keras (same head) against TFLite on the given images. A two-input model (image and
+    previous matte, ``temporal="ema"``) also runs the images as a sequence, each with the
+    Keras output for the image before as its previous matte, for the output differences;
+    its person IoU is scored on the first-frame outputs (previous matte ``NO_HISTORY``),
+    which are the per-image mattes."""
+    if len(model.inputs) == 2:
+        from sinet_tf.postprocess.temporal import NO_HISTORY
+
+        keras_fn = tf.function(lambda x, prev: model([x, prev], training=False))
+        start = np.full((1, *model.inputs[1].shape[1:]), NO_HISTORY, np.float32)
+        previous, sequence_diffs = start, []
+        for x in images:
+            y_k = np.asarray(keras_fn(x[None], previous), np.float32)
+            sequence_diffs.append(float(np.abs(y_k - _run_with_previous(runner, x[None], previous)).max()))
+            previous = y_k
+
+        def fn(x):
+            return keras_fn(x, start)
+
+        def lite(x):
+            return _run_with_previous(runner, x, start)
+    else:
+        fn, lite, sequence_diffs = tf.function(lambda x: model(x, training=False)), runner, []
+    diffs, pdiffs, p_keras, p_lite = [], [], [], []
+    with progress_bar(f"parity with Keras on {len(images)} images", len(images), progress) as advance:
+        for x in images:
+            y_k = np.asarray(fn(x[None]), dtype=np.float32)
+            y_l = lite(x[None])
+            diffs.append(float(np.abs(y_k - y_l).max()))
+            pk, pl = person_probability_from_output(y_k, head)[0], person_probability_from_output(y_l, head)[0]
+            pdiffs.append(float(np.abs(pk - pl).max()))
+            p_keras.append(pk)
+            p_lite.append(pl)
+            advance()
+    out = {"n_images": len(images), "max_abs_diff_output": max(diffs + sequence_diffs),
+           "max_abs_diff_probability": max(pdiffs + sequence_diffs),
+           "mean_abs_diff_probability": float(np.mean([np.abs(a - b).mean() for a, b in zip(p_keras, p_lite)]))}
+    return out
 
 
 def _max_differences(model, runner, head, images) -> dict:
@@ -271,7 +330,9 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
                   num_calibration: int = 200, parity_data=None, parity_split: str | None = "val",
                   num_parity: int = 50, metadata: bool = False, input_size=None, seed: int = 0,
                   int8_ranges: str = "auto", equalize="auto", max_drop: float = DEFAULT_MAX_DROP,
-                  allow_drop: bool = False, qat=None, log=None) -> ExportReport:
+                  allow_drop: bool = False, qat=None, temporal: str = "none", temporal_strength: float | None = None,
+                  refine: str = "none", refine_radius: int | None = None, refine_eps: float | None = None,
+                  refine_subsample: int | None = None, progress: bool | None = False, log=None) -> ExportReport:
     """Export ``source`` (a Keras model, ``.keras`` file, or registry name + ``weights``)
     to ``output`` (``.tflite``) and write ``<output>.json`` beside it.
 
@@ -291,9 +352,24 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
 
     Other modes: parity with the Keras model on ``parity_data`` (default: the calibration
     data, as above; without either, seeded uniform noise): max |difference| of the output and
-    of the person probability, and person IoU of both when labels exist. Existing files are
-    replaced only once the new ones are complete. ``log``: a function that takes one line
-    of progress (default: none).
+    of the person probability, and person IoU of both when labels exist. ``log``: a function
+    that takes one line of progress (default: none).
+
+    ``refine="guided"`` puts the guided filter (:class:`sinet_tf.postprocess.layers.GuidedFilter`,
+    ``refine_radius``, ``refine_eps``, coefficients on ``refine_subsample`` (default 2)
+    square blocks, the input image as guide) on the ``mask`` head;
+    ``temporal="ema"`` then adds a second input, the previous matte, and returns the gated
+    EMA (:class:`sinet_tf.postprocess.layers.GatedEMA`, ``temporal_strength``) of the
+    (refined) probability against it: feed each output back, and -1 everywhere for a
+    video's first frame. Both need the ``mask`` head and float arithmetic (not int8).
+
+    The two files are one commit: both are first written completely under temporary names
+    (a full disk or a kill then leaves the earlier pair untouched); then ``OUT.json``, which
+    records the ``sha256`` of the new ``OUT.tflite``, is renamed into place, and the
+    ``.tflite``'s rename is the commit. A reader therefore never finds a new ``.tflite`` beside
+    an old or missing report; the one state in between (new report, earlier model) is told
+    apart by the hash, which :func:`read_export_report` checks. ``progress`` shows bars on
+    stderr (``None``: when it is a terminal).
     """
     say = log or (lambda text: None)
     output = Path(output)
@@ -308,6 +384,7 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         raise ExportError(f"--io {io} needs --quantize int8; a {quantize} model takes and returns float32")
     if head not in OUTPUT_HEADS:
         raise ExportError(f"unknown output head {head!r}; choose one of {', '.join(OUTPUT_HEADS)}")
+    _check_postprocess(head, quantize, metadata, temporal, refine, temporal_strength, refine_radius, refine_eps)
     max_drop = _check_max_drop(max_drop)
     estimators, settings = _int8_options(int8_ranges, equalize)
     if qat is not None:
@@ -320,10 +397,13 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         keras_model = source
     base = with_fixed_batch(keras_model, 1)
     model = with_output_head(base, head)
+    model, postprocess = _with_postprocess(model, temporal, temporal_strength, refine, refine_radius, refine_eps,
+                                           refine_subsample)
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
     images = None
     if calibration_data is not None:
-        images, _ = calibration_images(calibration_data, calibration_split, size, num_calibration, seed)
+        images, _ = calibration_images(calibration_data, calibration_split, size, num_calibration, seed,
+                                       progress=progress)
     parity_set = _parity_images(calibration_data, calibration_split, num_calibration, parity_data, parity_split,
                                 num_parity, size, seed, held_out=quantize == "int8")
     extra = {"keras_outputs": [model.output_names[0]], "num_calibration": 0 if images is None else len(images)}
@@ -376,7 +456,9 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
             data = chosen.data
             extra["int8"] = info
         else:
-            data = convert(model, quantize, io)
+            with progress_bar(f"converting to {quantize if quantize != 'none' else 'float32'} .tflite", None,
+                              progress):
+                data = convert(model, quantize, io)
         seconds = time.perf_counter() - t0
         contents = inspect_tflite(data, quantize)
         if contents.problems:
@@ -385,7 +467,12 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         _check_io_scale(contents, io)
 
         runner = TFLiteRunner(data)
-        if parity_set is not None:
+        if len(model.inputs) == 2:  # image + previous matte (temporal="ema"): no single-image scoring
+            p_inputs = parity_set.inputs if parity_set is not None else \
+                np.random.default_rng(seed).uniform(0, 255, (4, *size, 3)).astype(np.float32)
+            what = parity_set.description if parity_set is not None else "seeded uniform-noise inputs in [0, 255]"
+            parity = {"images": what, **_parity(model, runner, head, p_inputs, progress=progress)}
+        elif parity_set is not None:
             p_inputs, what = parity_set.inputs, parity_set.description
             score = (chosen.score if quantize == "int8" else
                      score_tflite(parity_set, data, Path(tmp), "export"))
@@ -396,8 +483,11 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         else:
             p_inputs = np.random.default_rng(seed).uniform(0, 255, (4, *size, 3)).astype(np.float32)
             what, ious = "seeded uniform-noise inputs in [0, 255]", {}
-        parity = {"images": what, **_max_differences(model, runner, head, p_inputs), **ious}
+        if len(model.inputs) != 2:
+            parity = {"images": what, **_max_differences(model, runner, head, p_inputs), **ious}
     gpu = check_gpu_compatibility(data)
+    if postprocess:
+        extra["postprocess"] = postprocess
 
     if metadata:
         labels_names = ["background", "person"] if model.outputs[0].shape[-1] in (1, 2) else [
@@ -407,13 +497,97 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         activation = "none" if head != "logits" else ("sigmoid" if model.outputs[0].shape[-1] == 1 else "softmax")
         data, metadata_json = add_segmenter_metadata(data, labels=labels_names, activation=activation)
         extra["metadata"] = json.loads(metadata_json)
+    extra["sha256"] = hashlib.sha256(data).hexdigest()
     report = ExportReport(
         output=str(output), model=model.name, quantize=quantize, io=io, head=head, size_bytes=len(data),
         ops=contents.op_counts(), inputs=contents.inputs, outputs=contents.outputs, parity=parity,
         convert_seconds=seconds, gpu=gpu, extra=extra)
-    write_atomic(data, output)
-    write_atomic(json.dumps(report.to_dict(), indent=2).encode(), output.with_suffix(".json"))
+    _write_pair(data, json.dumps(report.to_dict(), indent=2).encode(), output)
     return report
+
+
+def _write_pair(model_bytes: bytes, report_bytes: bytes, output: Path):
+    """Both files complete under temporary names, then the report's rename, then the
+    model's: the commit (see :func:`export_tflite`)."""
+    with contextlib.ExitStack() as stack:
+        # atomic_path renames when its block ends; the stack ends the last one entered first
+        tmp_model = stack.enter_context(atomic_path(output))
+        tmp_report = stack.enter_context(atomic_path(output.with_suffix(".json")))
+        tmp_model.write_bytes(model_bytes)
+        tmp_report.write_bytes(report_bytes)
+
+
+def read_export_report(tflite_path) -> dict:
+    """The ``OUT.json`` report of ``OUT.tflite``, checked to describe this very file (its
+    ``sha256``); an export interrupted between its two renames, or a report of another
+    export, raises :class:`ExportError`."""
+    path = Path(tflite_path)
+    report_path = path.with_suffix(".json")
+    if not report_path.is_file():
+        raise ExportError(f"{path}: no export report {report_path.name} beside it")
+    try:
+        report = json.loads(report_path.read_text())
+    except ValueError as e:
+        raise ExportError(f"{report_path}: not a readable export report ({e})") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if report.get("sha256") != digest:
+        raise ExportError(f"{report_path} describes another version of {path.name} (sha256 differs): the export "
+                          "was interrupted or the files were mixed; export again")
+    return report
+
+
+EXPORT_TEMPORAL = ("none", "ema")
+EXPORT_REFINE = ("none", "guided")
+
+
+def _check_postprocess(head, quantize, metadata, temporal, refine, strength, radius, eps) -> None:
+    from sinet_tf.postprocess.refine import check_refine
+    from sinet_tf.postprocess.temporal import check_strength
+
+    if strength is not None:
+        check_strength(strength)
+    if radius is not None or eps is not None:
+        check_refine(1 if radius is None else radius, 1.0 if eps is None else eps)
+    if temporal not in EXPORT_TEMPORAL:
+        extra = " (flow needs the optical flow between frames, which the model does not compute)" \
+            if temporal == "flow" else ""
+        raise ExportError(f"--temporal {temporal!r}: an exported model can carry {', '.join(EXPORT_TEMPORAL)}{extra}")
+    if refine not in EXPORT_REFINE:
+        raise ExportError(f"--refine {refine!r}: choose one of {', '.join(EXPORT_REFINE)}")
+    if temporal == "none" and refine == "none":
+        return
+    flags = " and ".join(f for f, v in (("--temporal", temporal), ("--refine", refine)) if v != "none")
+    if head != "mask":
+        raise ExportError(f"{flags}: the post-processing works on the person probability: export with --head mask "
+                          f"(not {head})")
+    if quantize == "int8":
+        raise ExportError(f"{flags}: the post-processing needs float arithmetic (the guided filter's variances and "
+                          "the matte feedback lose too much in int8): use --quantize none, fp16 or dynamic")
+    if metadata and temporal != "none":
+        raise ExportError("--metadata describes a one-input image segmenter; MediaPipe's ImageSegmenter cannot feed "
+                          "the previous matte of a --temporal model")
+
+
+def _with_postprocess(model, temporal, strength, refine, radius, eps, subsample):
+    """``model`` with the asked post-processing layers, and what they are (for the report)."""
+    from sinet_tf.postprocess import layers, refine as refine_mod, temporal as temporal_mod
+
+    info = {}
+    if refine == "guided":
+        radius = refine_mod.DEFAULT_RADIUS if radius is None else radius
+        eps = refine_mod.DEFAULT_EPS if eps is None else eps
+        subsample = refine_mod.DEFAULT_EXPORT_SUBSAMPLE if subsample is None else subsample
+        try:
+            model = layers.with_guided_refinement(model, radius, eps, subsample)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        info["refine"] = {"mode": "guided", "radius": int(radius), "eps": float(eps), "subsample": int(subsample)}
+    if temporal == "ema":
+        strength = temporal_mod.DEFAULT_STRENGTH if strength is None else strength
+        model = layers.with_temporal_input(model, strength)
+        info["temporal"] = {"mode": "ema", "strength": float(strength), "second_input": "previous_matte",
+                            "first_frame_previous": temporal_mod.NO_HISTORY}
+    return model, info
 
 
 def _check_io_scale(contents, io: str) -> None:

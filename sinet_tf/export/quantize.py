@@ -187,11 +187,11 @@ def convert(model, quantize: str = "none", io: str = "float32",
     return add_serving_signature(data, input_names(model))
 
 
-def representative_dataset(images: np.ndarray):
+def representative_dataset(images: np.ndarray, advance=None):
     """The converter's calibration generator. The first image is repeated once with its
     top row black and bottom row white, so the input's calibrated range is exactly
     [0, 255]: an int8/uint8 input then has scale 1 (uint8 zero point 0, int8 -128), and
-    a phone feeds camera bytes as they are."""
+    a phone feeds camera bytes as they are. ``advance()`` is called per image (a progress bar)."""
     pinned = images[0].copy()
     pinned[0], pinned[-1] = 0.0, 255.0
 
@@ -199,6 +199,8 @@ def representative_dataset(images: np.ndarray):
         yield [pinned[None].astype(np.float32)]
         for im in images:
             yield [im[None].astype(np.float32)]
+            if advance is not None:
+                advance()
 
     return gen
 

@@ -7,12 +7,28 @@ schedule, and fit it on the deterministic pipeline of :mod:`sinet_tf.data.pipeli
 network with an auxiliary head (``[logits, aux_logits]``) trains on the weighted sum of both
 losses (:mod:`sinet_tf.train.aux_head`).
 
-Files in the output folder, each written through a temporary file and a rename:
-``<stage>/last.keras`` (model + optimizer state, every epoch), ``<stage>/best.keras``
-(best validation person IoU), ``<stage>/history.csv`` and ``state.json``, written last,
-which is the commit point ``--resume`` reads. A run killed at any moment resumes at the
+One commit per epoch. Every file is written through a temporary file and a rename, and
+``state.json`` is the only commit point: at the end of epoch N the trainer writes
+``<stage>/checkpoints/last-eNNNN.keras`` (model + optimizer state) and, when validation
+person IoU improved, ``<stage>/checkpoints/best-eNNNN.keras`` (the deployable network),
+under names no earlier epoch used; then ``state.json``, which names those two files and
+holds the stage's history rows. Only then are ``<stage>/last.keras``, ``<stage>/best.keras``
+(hard links to the committed files, or copies where links are not possible) and
+``<stage>/history.csv`` published, and the checkpoint files that ``state.json`` no longer
+names removed. ``--resume`` reads ``state.json`` alone: files of an epoch it does not name
+are leftovers of a killed run and are deleted, and the published names are refreshed from
+it. A run killed at any moment (also between two of these writes) therefore resumes at the
 first epoch it had not committed and, since the data of every epoch is a function of the
 seed and the epoch, ends with the same history as an uninterrupted run.
+
+An epoch whose loss or weights are not finite is not committed: training stops with
+:class:`TrainingDiverged` and the run folder keeps the last good epoch.
+
+Fault injection (for the crash tests): with ``SINET_TRAIN_KILL_AT=POINT:EPOCH`` in the
+environment the process kills itself with SIGKILL at that point of that (1-based) epoch;
+POINT is ``batch`` (after the epoch's first training batch), ``last`` (after the last
+checkpoint is written), ``best`` (after the best checkpoint, an epoch that improved),
+``commit`` (after ``state.json``) or ``publish`` (after the published names).
 """
 
 from __future__ import annotations
@@ -22,9 +38,13 @@ import io
 import json
 import math
 import os
+import shutil
+import signal
 import time
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 import keras
 import tensorflow as tf
@@ -42,11 +62,19 @@ from sinet_tf.train.config import StageConfig, TrainConfig
 from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
 from sinet_tf.weights import load_weights
 
-__all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "TrainingError"]
+__all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "TrainingError", "TrainingDiverged",
+           "KILL_ENV"]
+
+KILL_ENV = "SINET_TRAIN_KILL_AT"
+KILL_POINTS = ("batch", "last", "best", "commit", "publish")
 
 
 class TrainingError(ValueError):
     """Raised before any training starts when the run cannot go ahead."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss or the weights became non-finite; the epoch was not committed."""
 
 
 class _CoupledL2:
@@ -128,34 +156,128 @@ def _atomic_text(path: Path, text: str):
     write_atomic(text.encode(), path)
 
 
+def _kill_point() -> tuple[str, int] | None:
+    """``SINET_TRAIN_KILL_AT=POINT:EPOCH`` (see the module docstring), or None."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return None
+    point, _, epoch = spec.partition(":")
+    if point not in KILL_POINTS or not epoch.isdigit():
+        raise TrainingError(f"{KILL_ENV}={spec!r}: expected POINT:EPOCH with POINT one of {', '.join(KILL_POINTS)}")
+    return point, int(epoch)
+
+
+def _non_finite(model) -> str | None:
+    """The path of the first weight of ``model`` holding NaN or inf, or None."""
+    for var in model.weights:
+        if not np.isfinite(keras.ops.convert_to_numpy(var)).all():
+            return var.path
+    return None
+
+
 class _RunState(keras.callbacks.Callback):
-    """Commits every epoch: last.keras, best.keras when improved, history.csv, then state.json."""
+    """One commit per epoch (module docstring): checkpoint files under new names, then
+    ``state.json`` naming them, then the published names."""
 
     def __init__(self, run_dir: Path, stage: StageConfig, state: dict, history: list[dict], monitor="val_person_iou"):
         super().__init__()
         self.run_dir, self.stage, self.state, self.history, self.monitor = run_dir, stage, state, history, monitor
         self.stage_dir = run_dir / stage.name
+        self.diverged: str | None = None
+        self._kill = _kill_point()
+        self._epoch = 0
         self._t0 = time.perf_counter()
+
+    def _fault(self, point: str, epoch: int):
+        if self._kill == (point, epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
         self._t0 = time.perf_counter()
 
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self._fault("batch", self._epoch)
+
     def on_epoch_end(self, epoch, logs=None):
+        n = epoch + 1
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        logs["epoch"] = epoch + 1
+        logs["epoch"] = n
         logs["seconds"] = round(time.perf_counter() - self._t0, 2)
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.history.append(logs)
-        save_keras_atomic(self.model, self.stage_dir / "last.keras")
+        bad = [k for k in ("loss", "val_loss") if k in logs and not math.isfinite(logs[k])]
+        weight = _non_finite(self.model)
+        if bad or weight:
+            what = f"{bad[0]} is {logs[bad[0]]}" if bad else f"weight {weight} holds NaN or inf"
+            self.diverged = (f"stage {self.stage.name!r}: epoch {n} diverged ({what}); it was not committed, the "
+                             f"run folder holds epoch {self.state.get('epoch', 0)} (resumable); lower the "
+                             "learning_rate")
+            self.model.stop_training = True
+            return
+        name = self.stage.name
+        files = dict(self.state.get("files", {}).get(name, {}))
+        files["last"] = f"{name}/checkpoints/last-e{n:04d}.keras"
+        save_keras_atomic(self.model, self.run_dir / files["last"])
+        self._fault("last", n)
+        state = json.loads(json.dumps(self.state))
         value = logs.get(self.monitor)
-        best = self.state.get("best")
+        best = state.get("best")
         if value is not None and (best is None or value > best):
             # best.keras is the deployable network (without a training wrapper)
-            save_keras_atomic(getattr(self.model, "network", self.model), self.stage_dir / "best.keras")
-            self.state["best"], self.state["best_epoch"] = value, epoch + 1
-        _write_history(self.stage_dir / "history.csv", self.history)
-        self.state["epoch"] = epoch + 1
-        _atomic_text(self.run_dir / "state.json", json.dumps(self.state, indent=2))
+            files["best"] = f"{name}/checkpoints/best-e{n:04d}.keras"
+            save_keras_atomic(getattr(self.model, "network", self.model), self.run_dir / files["best"])
+            self._fault("best", n)
+            state["best"], state["best_epoch"] = value, n
+        state["epoch"] = n
+        state.setdefault("files", {})[name] = files
+        state.setdefault("history", {})[name] = [*self.history, logs]
+        _commit(self.run_dir, state)                       # the commit point
+        self._fault("commit", n)
+        self.state.clear()
+        self.state.update(state)
+        self.history.append(logs)
+        _publish(self.run_dir, self.state, name)
+        self._fault("publish", n)
+
+
+def _commit(run_dir: Path, state: dict):
+    _atomic_text(run_dir / "state.json", json.dumps(state, indent=2))
+
+
+def _link_or_copy(src: Path, dst: Path):
+    """Make ``dst`` the file ``src`` (a hard link; a copy where the file system has none),
+    replacing ``dst`` in one rename."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return   # (a rename between two links of one file would do nothing and leave the temporary name)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _publish(run_dir: Path, state: dict, stage: str):
+    """Refresh ``<stage>/last.keras``, ``best.keras`` and ``history.csv`` from the commit in
+    ``state`` and remove the checkpoint files it does not name (an uncommitted epoch's)."""
+    stage_dir = run_dir / stage
+    files = state.get("files", {}).get(stage, {})
+    for role in ("last", "best"):
+        if role in files:
+            _link_or_copy(run_dir / files[role], stage_dir / f"{role}.keras")
+    if stage in state.get("history", {}):
+        _write_history(stage_dir / "history.csv", state["history"][stage])
+    for leftover in stage_dir.glob(".*.link"):   # a publishing killed between its link and its rename
+        leftover.unlink()
+    keep = {(run_dir / f).resolve() for f in files.values()}
+    folder = stage_dir / "checkpoints"
+    if folder.is_dir():
+        for f in folder.iterdir():
+            if f.resolve() not in keep:
+                f.unlink()
 
 
 def _write_history(path: Path, rows: list[dict]):
@@ -252,13 +374,18 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
           log=print, extra_callbacks=()) -> dict:
     """Run every stage of ``config``; returns a summary (per stage: epochs, best val person IoU,
     wall time, training images/s, paths)."""
+    _kill_point()   # a malformed fault-injection value fails before anything runs
     run_dir = Path(output_dir)
     state_path = run_dir / "state.json"
     config_dict = config.to_dict()
     if state_path.exists() and not resume:
         raise TrainingError(f"{run_dir} already holds a run (state.json); pass --resume to continue it "
                             "or choose another output folder")
-    state = json.loads(state_path.read_text()) if (resume and state_path.exists()) else {}
+    try:
+        state = json.loads(state_path.read_text()) if (resume and state_path.exists()) else {}
+    except ValueError as e:
+        raise TrainingError(f"{state_path}: not readable JSON ({e}); it was not written by sinet train, "
+                            "start a new output folder") from None
     if state and state.get("config", {}).get("stages") != json.loads(json.dumps(config_dict["stages"])):
         raise TrainingError(f"{run_dir} holds a run of another recipe configuration; "
                             "resume it with the same recipe and overrides, or start a new output folder")
@@ -273,7 +400,6 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
 
 
 def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
-    state_path = run_dir / "state.json"
     config_dict = config.to_dict()
     keras.utils.set_random_seed(config.seed)
     # The pipeline is already shuffled per epoch and holds exactly epochs x steps batches.
@@ -301,6 +427,9 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
     state.setdefault("completed_stages", [])
     summary = {"output_dir": str(run_dir), "stages": []}
 
+    for name in {*state["completed_stages"], state.get("stage")} - {None}:
+        _publish(run_dir, state, name)   # a run killed between its commit and the publishing
+
     for stage in config.stages:
         if stage.name in state["completed_stages"]:
             log(f"[{stage.name}] already complete, skipping")
@@ -310,14 +439,26 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
         resuming = state.get("stage") == stage.name and state.get("epoch", 0) > 0
         if not resuming:
             state.update({"stage": stage.name, "epoch": 0, "best": None, "best_epoch": None})
+            state.get("files", {}).pop(stage.name, None)
+            state.get("history", {}).pop(stage.name, None)
+            _publish(run_dir, state, stage.name)     # drops an uncommitted first epoch's files
         initial_epoch = state["epoch"]
-        history = _read_history(stage_dir / "history.csv", initial_epoch) if resuming else []
+        if resuming and "history" in state:
+            history = [dict(r) for r in state["history"].get(stage.name, [])]
+        else:   # a run folder written before state.json named its files
+            history = _read_history(stage_dir / "history.csv", initial_epoch) if resuming else []
         drop = config.strategy == "tpu"
         steps = steps_per_epoch(train_source, stage.batch_size, drop)
         with strategy.scope():
             if resuming:
-                model = keras.models.load_model(stage_dir / "last.keras")
-                log(f"[{stage.name}] resuming after epoch {initial_epoch} from {stage_dir / 'last.keras'}")
+                last = run_dir / state.get("files", {}).get(stage.name, {}).get("last", f"{stage.name}/last.keras")
+                try:
+                    model = keras.models.load_model(last)
+                except Exception as e:
+                    raise TrainingError(f"{last}: cannot resume from this checkpoint ({type(e).__name__}: "
+                                        f"{str(e).splitlines()[0] if str(e) else ''}); start a new output "
+                                        "folder") from e
+                log(f"[{stage.name}] resuming after epoch {initial_epoch} from {last}")
             else:
                 model = build_model(stage.model, input_shape=(*stage.input_size, 3), **stage.model_kwargs)
                 _initialize(model, stage, run_dir, log)
@@ -336,7 +477,8 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
                                      initial_epoch=initial_epoch)
             val_ds = make_pipeline(val_source, stage.input_size, stage.batch_size, augment=False, shuffle=False,
                                    label_stride=label_stride)
-            callbacks = [_RunState(run_dir, stage, state, history), keras.callbacks.TerminateOnNaN(),
+            run_state = _RunState(run_dir, stage, state, history)
+            callbacks = [run_state, keras.callbacks.TerminateOnNaN(),
                          keras.callbacks.TensorBoard(str(stage_dir / "tensorboard"), write_graph=False),
                          *extra_callbacks]
             if stage.early_stopping_patience:
@@ -349,6 +491,8 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
             model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=initial_epoch,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
             wall = time.perf_counter() - t0
+            if run_state.diverged:
+                raise TrainingDiverged(run_state.diverged)
             done = state["epoch"] - initial_epoch
             log(f"[{stage.name}] {done} epochs in {wall:.0f} s; best val person IoU {state['best']} "
                 f"(epoch {state['best_epoch']})")
@@ -361,9 +505,6 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
             "images_per_s": round(len(train_source) * len(timed) / train_seconds, 1) if train_seconds else None,
             "best": str(stage_dir / "best.keras"), "last": str(stage_dir / "last.keras"),
             "history": history})
-        if history and math.isnan(history[-1].get("loss", 0.0)):
-            raise TrainingError(f"stage {stage.name!r}: the loss became NaN at epoch {history[-1]['epoch']} "
-                                "(TerminateOnNaN stopped the run); lower the learning rate")
         state["completed_stages"].append(stage.name)
-        _atomic_text(state_path, json.dumps(state, indent=2))
+        _commit(run_dir, state)
     return summary
