@@ -8,7 +8,7 @@ scratch on synthetic portraits), SINet from scratch at 224 (a short run), Portra
 DeepLabv3+ (MobileNetV2) trained briefly. The trained models are made by the commands in
 :data:`TRAIN` (into ``--runs``, default ``/tmp/sinet_int8_runs``; nothing is committed).
 
-Every row: ``sinet export --quantize int8 --output probabilities`` with the defaults (every
+Every row: ``sinet export --quantize int8 --head probabilities`` with the defaults (every
 calibration candidate, gate 0.01), calibrated on 200 training images; the candidates are
 compared on held-out *training* images (those after the calibration ones), so the
 validation split that the table reports is not used to choose. When the gate refuses,
