@@ -17,6 +17,7 @@ from pathlib import Path
 __all__ = ["main", "EXIT_CODES"]
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_INPUT, EXIT_GPU_INCOMPATIBLE, EXIT_DIVERGED, EXIT_SYSTEM, EXIT_INTERNAL = range(7)
+EXIT_INT8_DROP = 7  # `export` / `demo`: int8 loses more person IoU than --max-drop allows
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
@@ -31,8 +32,11 @@ EXIT_CODES = {
     EXIT_SYSTEM: "the system refused: a file or folder could not be written or read (permissions, read-only file "
                  "system, full disk, a file where a folder is needed or the reverse), or memory ran out",
     EXIT_INTERNAL: "internal error (a bug: please report it); `SINET_DEBUG=1` shows the traceback",
+    EXIT_INT8_DROP: "`export` / `demo`: the int8 file loses more person IoU than --max-drop allows with every "
+                    "calibration tried (the message names the layers that lose most; --allow-drop writes it anyway)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); `sinet train --resume` continues a training run",
 }
+
 
 
 def _quiet_tensorflow():
@@ -161,14 +165,63 @@ def cmd_predict(args):
 
 def cmd_demo(args):
     from sinet_tf.demo import run_demo
+    from sinet_tf.export.calibration import Int8GateError
 
     _output_folder(args.output, "-o")
-    run_demo(args.output, data=args.data, minutes=args.minutes, quick=args.quick)
+    try:
+        run_demo(args.output, data=args.data, minutes=args.minutes, quick=args.quick)
+    except Int8GateError as e:
+        print(f"sinet demo: int8 refused: {e}", file=sys.stderr)
+        return EXIT_INT8_DROP
     return 0
+
+
+def _qat_settings(args):
+    """:class:`QATSettings` for ``--qat-epochs N``: loss, batch size and augmentation of the
+    model's own recipe (``--qat-recipe``, else the ``state.json`` of the run folder the
+    ``.keras`` file is in, else training/default.yaml) at a tenth of its learning rate, and
+    the data of ``--data``, else of that recipe."""
+    if not args.qat_epochs:
+        if args.data or args.qat_recipe:
+            raise ValueError("--data and --qat-recipe are for quantization-aware fine-tuning: add --qat-epochs N")
+        return None
+    if args.qat_epochs < 1:
+        raise ValueError(f"--qat-epochs {args.qat_epochs}: expected a whole number of epochs >= 1")
+    import json as _json
+
+    from sinet_tf.export.qat import QATSettings
+    from sinet_tf.train.config import StageConfig, load_recipe
+
+    stage, data, recipe = None, None, None
+    if args.qat_recipe:
+        config = load_recipe(args.qat_recipe)
+        stage, data, recipe = config.stages[-1], config.data, args.qat_recipe
+    else:
+        source = Path(args.source)
+        state = source.parent.parent / "state.json"
+        if source.suffix == ".keras" and state.is_file():
+            try:
+                config = _json.loads(state.read_text())["config"]
+                stages = {st["name"]: st for st in config["stages"]}
+                fields = stages[source.parent.name]
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{state}: not the state.json of a sinet train run ({e}); give --qat-recipe") from None
+            stage = StageConfig(**{k: v for k, v in fields.items() if k in StageConfig.__dataclass_fields__})
+            data, recipe = config.get("data"), f"{state} (stage {source.parent.name})"
+    if stage is None:
+        config = load_recipe("default.yaml")
+        stage, recipe = config.stages[-1], "training/default.yaml"
+    data = args.data or data
+    if not data:
+        raise ValueError("--qat-epochs needs training data: give --data SRC (a dataset folder/list file, or "
+                         "synthetic[:N])")
+    return QATSettings(data=str(data), epochs=args.qat_epochs, loss=stage.loss, batch_size=stage.batch_size,
+                       learning_rate=0.1 * stage.learning_rate, augment=stage.augment, recipe=str(recipe))
 
 
 def cmd_export(args):
     from sinet_tf.export import OUTPUT_HEADS, export_tflite
+    from sinet_tf.export.calibration import Int8GateError
 
     if args.output in OUTPUT_HEADS:
         raise ValueError(f"--output {args.output}: -o/--output is the output .tflite file; the output head is "
@@ -183,17 +236,25 @@ def cmd_export(args):
             raise ValueError(f"--input-size {args.input_size!r}: expected HxW, e.g. 224x224") from None
         if min(input_size) < 1:
             raise ValueError(f"--input-size {args.input_size!r}: height and width must be positive")
+    if args.qat_epochs and args.quantize != "int8":
+        raise ValueError(f"--qat-epochs fine-tunes for int8: it needs --quantize int8, not {args.quantize}")
     _registry_name_without_weights(args.source, args.weights, refuse=False)
-    report = export_tflite(args.source, args.output, weights=args.weights, quantize=args.quantize, io=args.io,
-                           head=args.head, calibration_data=args.calibration_data,
-                           calibration_split=None if args.calibration_split == "none" else args.calibration_split,
-                           num_calibration=args.num_calibration, parity_data=args.parity_data,
-                           parity_split=None if args.parity_split == "none" else args.parity_split,
-                           num_parity=args.num_parity, metadata=args.metadata, input_size=input_size,
-                           int8_ranges=args.int8_ranges, equalize=not args.no_equalize,
-                           temporal=args.temporal, temporal_strength=args.temporal_strength, refine=args.refine,
-                           refine_radius=args.refine_radius, refine_eps=args.refine_eps,
-                           refine_subsample=args.refine_subsample, progress=True)
+    try:
+        report = export_tflite(args.source, args.output, weights=args.weights, quantize=args.quantize, io=args.io,
+                               head=args.head, calibration_data=args.calibration_data,
+                               calibration_split=None if args.calibration_split == "none" else args.calibration_split,
+                               num_calibration=args.num_calibration, parity_data=args.parity_data,
+                               parity_split=None if args.parity_split == "none" else args.parity_split,
+                               num_parity=args.num_parity, metadata=args.metadata, input_size=input_size,
+                               int8_ranges=args.int8_ranges, equalize=False if args.no_equalize else "auto",
+                               max_drop=args.max_drop, allow_drop=args.allow_drop, qat=_qat_settings(args),
+                               temporal=args.temporal, temporal_strength=args.temporal_strength,
+                               refine=args.refine, refine_radius=args.refine_radius, refine_eps=args.refine_eps,
+                               refine_subsample=args.refine_subsample, progress=True,
+                               log=lambda text: print(text, file=sys.stderr, flush=True))
+    except Int8GateError as e:
+        print(f"sinet export: int8 refused: {e}", file=sys.stderr)
+        return EXIT_INT8_DROP
     print(report.summary())
     print(f"report: {Path(args.output).with_suffix('.json')}")
     return 0 if (report.gpu.compatible or args.allow_cpu_ops) else 3
@@ -205,6 +266,20 @@ def cmd_check_gpu(args):
     report = check_gpu_compatibility(args.tflite)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0 if report.compatible else 3
+
+
+def _fraction(flag: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 1 (person IoU, e.g. 0.01)")
+        return value
+
+    parse.__name__ = flag
+    return parse
 
 
 def _parse_threads(text: str) -> list[int]:
@@ -503,11 +578,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", action="store_true", help="add TFLite metadata MediaPipe's ImageSegmenter reads "
                                                            "(pip install --no-deps mediapipe==1.2.2)")
     p.add_argument("--allow-cpu-ops", action="store_true", help="exit 0 even if an op is not GPU-delegate compatible")
-    p.add_argument("--int8-ranges", choices=("minmax", "average"), default="minmax",
-                   help="int8 activation ranges: min/max over the calibration images (default), or the "
-                        "per-image min/max averaged")
+    p.add_argument("--int8-ranges", default="auto", metavar="NAME",
+                   help="int8 activation ranges: auto (default: every estimator, with and without equalization, "
+                        "the best by parity on held-out images), or one of minmax, average, percentile, mse "
+                        "(add +equalize to force equalization, e.g. mse+equalize)")
     p.add_argument("--no-equalize", action="store_true",
-                   help="int8: skip the per-channel range equalization on calibration images")
+                   help="int8: only calibrations without per-channel range equalization")
+    p.add_argument("--max-drop", type=_fraction("--max-drop"), default=0.01,
+                   help="int8 gate: the most person IoU the int8 file may lose against Keras on the held-out "
+                        "parity images (default 0.01); more exits with code 7 and names the layers that lose most")
+    p.add_argument("--allow-drop", action="store_true", help="write the int8 file even when it misses --max-drop")
+    p.add_argument("--qat-epochs", type=int, default=0, metavar="N",
+                   help="int8: when post-training calibration misses --max-drop, fine-tune N epochs with "
+                        "quantization-aware training (needs training data: --data, or the run's recipe)")
+    p.add_argument("--data", help="training data for --qat-epochs (folder, list file, or synthetic[:N]; default: "
+                                  "the data of the recipe the model was trained with, from its run folder)")
+    p.add_argument("--qat-recipe", help="recipe YAML for --qat-epochs (loss, batch size, learning rate, "
+                                        "augmentation; default: the run's own recipe, else training/default.yaml)")
     p.add_argument("--refine", choices=("none", "guided"), default="none",
                    help="with --head mask: guided filter on the matte, the input image as guide (GPU-delegate ops)")
     p.add_argument("--refine-radius", type=int, default=DEFAULT_RADIUS, metavar="R",
@@ -679,6 +766,8 @@ def _classify(e: BaseException) -> tuple[int, str]:
     from_project = type(e).__module__.startswith("sinet_tf")
     if type(e).__name__ == "TrainingDiverged":
         return EXIT_DIVERGED, str(e)
+    if type(e).__name__ == "Int8GateError":
+        return EXIT_INT8_DROP, f"int8 refused: {e}"
     if isinstance(e, FileNotFoundError):
         return EXIT_BAD_INPUT, (str(e) if e.errno is None else f"{e.filename}: not found")
     if isinstance(e, OSError):

@@ -159,7 +159,8 @@ def test_help_lists_the_exit_codes(capsys):
     assert "exit codes:" in out
     for code in EXIT_CODES:
         assert f"\n  {code:>3}  " in out
-    assert len(set(EXIT_CODES)) == len(EXIT_CODES) == 8
+    assert len(set(EXIT_CODES)) == len(EXIT_CODES) == 9  # 0-7 (7: the int8 gate) and 130
+    assert "--max-drop" in EXIT_CODES[7]
 
 
 def _one_line_error(err: str, command: str) -> str:

@@ -62,6 +62,12 @@ def test_report_metrics_are_numbers(demo):
     for path, value in _numbers(metrics["evaluation"]):
         assert isinstance(value, (int, float, str)), path
     assert (demo / "sinet_demo_fp32.tflite").is_file() and (demo / "sinet_demo_int8.tflite").is_file()
+    # int8 obeys the gate, and the report names the calibration the exporter chose
+    cal = metrics["export"]["int8"]["calibration"]
+    assert cal["gate"] == "passed" and len(cal["candidates"]) >= 8
+    chosen = next(c for c in cal["candidates"] if c["name"] == cal["chosen"])
+    assert chosen["drop"] <= cal["max_drop"]
+    assert f"int8 calibration: **{cal['chosen']}**" in (demo / "report.md").read_text()
     assert (demo / "run" / "train" / "history.csv").is_file()
 
 

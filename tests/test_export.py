@@ -80,7 +80,8 @@ def test_int8_uint8_io_takes_camera_bytes_and_has_no_float_inside(exports):
     assert "FLEX" not in json.dumps(r["ops"]) and "SHAPE" not in r["ops"] and "ARG_MAX" not in r["ops"]
     assert r["gpu_delegate"]["compatible"]
     p = r["parity"]
-    assert p["n_images"] == 40 and "calibration images" in p["images"]
+    assert p["n_images"] == 40 and "held-out images" in p["images"] and "(val)" in p["images"]
+    assert r["int8"]["gate"] == "passed" and len(r["int8"]["candidates"]) == 8
     assert abs(p["person_iou_difference"]) < 0.1 and 0.4 < p["person_iou_keras"] < 1.0
     runner = TFLiteRunner(exports["int8"])
     assert runner.output_kind == "probabilities"
