@@ -27,6 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
+from sinet_tf.bench import benchmark
+from sinet_tf.data.sources import open_source
+from sinet_tf.evaluate import evaluate
+from sinet_tf.export import export_tflite
+from sinet_tf.export.qat import QATSettings
+from sinet_tf.files import write_atomic
+from sinet_tf.inference import Segmenter
+from sinet_tf.train import StageConfig, TrainConfig, train
+
 __all__ = ["DemoSettings", "run_demo"]
 
 
@@ -93,8 +102,6 @@ def _timed_training_callback(seconds: float, base_lr: float, floor: float = 0.05
 
 
 def _recipe(data: str, s: DemoSettings):
-    from sinet_tf.train import StageConfig, TrainConfig
-
     stage = StageConfig(
         name="train", model="sinet", input_size=(s.input_size, s.input_size), epochs=1000,
         batch_size=s.batch_size, learning_rate=s.learning_rate, lr_milestones=(), weight_decay=1e-4,
@@ -107,8 +114,6 @@ def _recipe(data: str, s: DemoSettings):
 def _qat_settings(data: str, s: DemoSettings):
     """Quantization-aware fine-tuning if no post-training calibration meets the gate: two
     epochs of the demo's own recipe at the learning rate its cosine ends on."""
-    from sinet_tf.export.qat import QATSettings
-
     return QATSettings(data=data, epochs=2, loss="ce + 1.0 * boundary(window=5)", batch_size=s.batch_size,
                        learning_rate=0.05 * s.learning_rate, augment=False, seed=0, recipe="sinet demo")
 
@@ -177,9 +182,6 @@ def _plot_examples(model_path: Path, data: str, count: int, path: Path) -> list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sinet_tf.data.sources import open_source
-    from sinet_tf.inference import Segmenter
-
     segmenter = Segmenter(model_path)
     source = open_source(data, "val", seed=0)
     idx = np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int)
@@ -216,7 +218,6 @@ def _fmt(x, digits=4):
 
 
 def _write_report(out: Path, m: dict, plots: dict) -> Path:
-    from sinet_tf.files import write_atomic
 
     t, ev, ex = m["training"], m["evaluation"], m["export"]
     lines = [
@@ -312,8 +313,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
 
     from rich.console import Console
 
-    from sinet_tf.files import write_atomic
-
     console = Console()
 
     def log(text):
@@ -340,7 +339,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
 
     # 1. train
     t = step(1, f"training SINet {s.input_size}x{s.input_size} on {data} for about {s.minutes:g} min")
-    from sinet_tf.train import train
 
     budget = _timed_training_callback(s.minutes * 60, s.learning_rate, log=log)
     summary = train(_recipe(data, s), run_dir, verbose=1 if console.is_terminal else 2, log=log,
@@ -354,7 +352,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
                 "images_per_s": stage["images_per_s"], "run_dir": str(run_dir)}
 
     # 2. evaluate
-    from sinet_tf.evaluate import evaluate
 
     t = step(2, f"evaluating {best.name} on the validation split")
     evaluation = {"keras": evaluate(best, data, split="val", progress=True)}
@@ -362,7 +359,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
     wall["evaluate"] = time.perf_counter() - t
 
     # 3. export
-    from sinet_tf.export import export_tflite
 
     t = step(3, "exporting float32 and int8 .tflite (GPU-delegate check, parity with Keras)")
     files = {"fp32": out / "sinet_demo_fp32.tflite", "int8": out / "sinet_demo_int8.tflite"}
@@ -391,7 +387,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
     wall["evaluate_tflite"] = time.perf_counter() - t
 
     # 5. benchmark
-    from sinet_tf.bench import benchmark
 
     t = step(5, f"benchmarking both files ({s.threads} threads, {s.bench_runs} runs)")
     rows = benchmark([str(files["fp32"]), str(files["int8"])], threads=(s.threads,), warmup=s.bench_warmup,

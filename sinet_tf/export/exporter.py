@@ -31,9 +31,6 @@ import numpy as np
 import tensorflow as tf
 
 from sinet_tf.data.sources import open_source
-from sinet_tf.export.gpu_compat import GpuReport, check_gpu_compatibility
-from sinet_tf.export.heads import OUTPUT_HEADS, with_output_head
-from sinet_tf.export.metadata import add_segmenter_metadata
 from sinet_tf.export.calibration import (
     DEFAULT_MAX_DROP,
     ESTIMATORS,
@@ -50,6 +47,11 @@ from sinet_tf.export.calibration import (
     write_ranges,
 )
 from sinet_tf.export.frozen import input_names
+from sinet_tf.export.gpu_compat import GpuReport, check_gpu_compatibility
+from sinet_tf.export.heads import OUTPUT_HEADS, with_output_head
+from sinet_tf.export.layer_error import layer_errors, worst_layers
+from sinet_tf.export.metadata import add_segmenter_metadata
+from sinet_tf.export.qat import quantization_aware_export
 from sinet_tf.export.quantize import (
     QUANTIZE_MODES,
     ExportError,
@@ -62,9 +64,14 @@ from sinet_tf.export.quantize import (
 from sinet_tf.export.rewrite import int8_friendly
 from sinet_tf.export.tflite import with_fixed_batch
 from sinet_tf.files import atomic_path
-from sinet_tf.progress import progress_bar
 from sinet_tf.inference import resize_to_input
 from sinet_tf.loading import load_model
+from sinet_tf.postprocess import layers
+from sinet_tf.postprocess import refine as refine_mod
+from sinet_tf.postprocess import temporal as temporal_mod
+from sinet_tf.postprocess.refine import check_refine
+from sinet_tf.postprocess.temporal import NO_HISTORY, check_strength
+from sinet_tf.progress import progress_bar
 from sinet_tf.runtime.heads import person_probability_from_output
 from sinet_tf.runtime.interpreter import TFLiteRunner
 
@@ -177,7 +184,6 @@ def _parity(model, runner, head, images, progress: bool | None = False) -> dict:
     its person IoU is scored on the first-frame outputs (previous matte ``NO_HISTORY``),
     which are the per-image mattes."""
     if len(model.inputs) == 2:
-        from sinet_tf.postprocess.temporal import NO_HISTORY
 
         keras_fn = tf.function(lambda x, prev: model([x, prev], training=False))
         start = np.full((1, *model.inputs[1].shape[1:]), NO_HISTORY, np.float32)
@@ -424,7 +430,6 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
                     "person_iou_keras": round(parity_set.reference_iou, 5),
                     "candidates": [c.to_dict() for c in candidates], "qat": None}
             if chosen.score["drop"] > max_drop and qat is not None:
-                from sinet_tf.export.qat import quantization_aware_export
 
                 say(f"best post-training calibration {chosen.name} loses {chosen.score['drop']:.4f} > {max_drop:g}: "
                     f"quantization-aware fine-tuning for {qat.epochs} epoch(s)")
@@ -442,7 +447,6 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
                     chosen = qat_candidate
                     info["chosen"] = "qat"
             if chosen.score["drop"] > max_drop:
-                from sinet_tf.export.layer_error import layer_errors, worst_layers
 
                 worst = worst_layers(layer_errors(chosen.model, chosen.data, parity_set.inputs[:4]))
                 info["worst_layers"] = [e.to_dict() for e in worst]
@@ -541,8 +545,6 @@ EXPORT_REFINE = ("none", "guided")
 
 
 def _check_postprocess(head, quantize, metadata, temporal, refine, strength, radius, eps) -> None:
-    from sinet_tf.postprocess.refine import check_refine
-    from sinet_tf.postprocess.temporal import check_strength
 
     if strength is not None:
         check_strength(strength)
@@ -570,8 +572,6 @@ def _check_postprocess(head, quantize, metadata, temporal, refine, strength, rad
 
 def _with_postprocess(model, temporal, strength, refine, radius, eps, subsample):
     """``model`` with the asked post-processing layers, and what they are (for the report)."""
-    from sinet_tf.postprocess import layers, refine as refine_mod, temporal as temporal_mod
-
     info = {}
     if refine == "guided":
         radius = refine_mod.DEFAULT_RADIUS if radius is None else radius

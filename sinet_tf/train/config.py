@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from sinet_tf.data.augment import PortraitNetAugmentation
 from sinet_tf.losses import build_loss
 from sinet_tf.registry import get_model_info
 
@@ -342,8 +343,6 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
         except ValueError as e:
             raise RecipeError(f"{where}loss: {e}") from None
         if isinstance(stage.augment, dict):
-            from sinet_tf.data.augment import PortraitNetAugmentation
-
             valid = {f.name for f in fields(PortraitNetAugmentation)}
             bad_aug = sorted(set(stage.augment) - valid)
             if bad_aug:
