@@ -8,9 +8,9 @@ as one command line, so every such call goes through :func:`shell_command`, whic
 each argument (a space in a file name would split it, a ``;`` start a second command),
 and the models get device file names of safe characters only. The rows have the keys of the host benchmark's
 (:func:`sinet_tf.bench.host.benchmark`) where ``benchmark_model`` reports the quantity:
-it prints the mean, min, max and standard deviation of the timed runs, not the median
-or percentiles, so ``median_ms`` and ``p90_ms`` are ``None`` and ``mean_ms`` carries the
-latency.
+it prints the mean, min, max and standard deviation of the timed runs, and newer versions
+also ``p5``, ``median`` and ``p95``; ``median_ms`` is that median where printed (else
+``None``, and ``mean_ms`` carries the latency), ``p90_ms`` is always ``None``.
 """
 
 from __future__ import annotations
@@ -112,6 +112,10 @@ def benchmark_model_command(graph: str, threads: int, use_gpu: bool, runs: int, 
 _NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 
 
+# adb logcat's "threadtime" prefix: date, time, pid, tid, level letter, tag
+_LOGCAT = re.compile(r"^\d\d-\d\d \d\d:\d\d:\d\d\.\d+\s+\d+\s+\d+\s+([VDIWEF])\s+[^:]*?\s*:\s?")
+
+
 def _stat_line(line: str) -> dict:
     return {k: float(v) for k, v in re.findall(r"(\w+)=" + _NUMBER, line)}
 
@@ -120,19 +124,30 @@ def parse_benchmark_output(text: str) -> dict:
     """What ``benchmark_model`` reports, in its own units (microseconds, MB).
 
     Keys (present when printed): ``runs`` (the timed run's ``count=...`` statistics:
-    count, first, curr, min, max, avg, std), ``warmup`` (the warm-up run's), ``timings_us``
+    count, first, curr, min, max, avg, std, and in newer versions p5, median, p95),
+    ``warmup`` (the warm-up run's), ``timings_us``
     (the ``Inference timings in us`` line: init, first_inference, warmup_avg,
     inference_avg), ``memory_mb`` (init and overall deltas from the tool's start, peak via
     periodic monitoring), ``delegate`` (name, delegated and total nodes, partitions),
     ``gpu`` (whether a GPU delegate was created), ``model_size_mb``, ``errors`` (lines that
     say something failed).
+
+    Lines may carry a level prefix (``INFO:``, ``ERROR:``) or, captured with ``adb logcat``
+    from the benchmark app, logcat's date, pids and tag (``... I tflite  : ``). With
+    ``--enable_op_profiling`` the profiler prints summaries of its own
+    (``Timings (microseconds): count=...``); they are not the benchmark's timed runs.
     """
     out: dict = {"errors": []}
     stats = []
     for raw in text.splitlines():
-        level = re.match(r"^(INFO|WARNING|ERROR):\s*", raw.strip())
-        line = raw.strip()[level.end():] if level else raw.strip()
-        if re.match(r"^(Timings \(microseconds\): )?count=\d+", line):
+        line = raw.strip()
+        logcat = _LOGCAT.match(line)
+        if logcat:
+            line = line[logcat.end():]
+        level = re.match(r"^(INFO|WARNING|ERROR):\s*", line)
+        line = line[level.end():] if level else line
+        is_error = bool(level and level.group(1) == "ERROR") or bool(logcat and logcat.group(1) in "EF")
+        if re.match(r"^count=\d+", line):
             stats.append(_stat_line(line))
         elif line.startswith("Inference timings in us:"):
             fields = dict(re.findall(r"([A-Za-z][A-Za-z ()]*?):\s*" + _NUMBER, line.split(":", 1)[1]))
@@ -151,8 +166,7 @@ def parse_benchmark_output(text: str) -> dict:
             out["gpu"] = True
         elif m := re.match(r"The input model file size \(MB\): " + _NUMBER, line):
             out["model_size_mb"] = float(m.group(1))
-        elif (level and level.group(1) == "ERROR") or re.search(
-                r"\b(failed|error|unable|not supported|could not)\b", line, re.IGNORECASE):
+        elif is_error or re.search(r"\b(failed|error|unable|not supported|could not)\b", line, re.IGNORECASE):
             out["errors"].append(line)
     if stats:
         out["runs"] = stats[-1]
@@ -167,12 +181,13 @@ def row_from_output(parsed: dict, threads: int, use_gpu: bool) -> dict:
     if runs is None:
         detail = "; ".join(parsed.get("errors", [])[-3:]) or "no timing lines in its output"
         raise AdbError(f"benchmark_model reported no timings: {detail}")
-    ms = {k: round(runs[k] / 1000, 4) if k in runs else None for k in ("min", "max", "avg", "std", "first")}
+    ms = {k: round(runs[k] / 1000, 4) if k in runs else None
+          for k in ("min", "max", "avg", "std", "first", "median")}
     timings = parsed.get("timings_us", {})
     mem = parsed.get("memory_mb", {})
     delegate = parsed.get("delegate")
     return {"threads": int(threads), "use_gpu": bool(use_gpu), "runs": int(runs.get("count", 0)),
-            "median_ms": None, "p90_ms": None, "mean_ms": ms["avg"], "min_ms": ms["min"], "max_ms": ms["max"],
+            "median_ms": ms["median"], "p90_ms": None, "mean_ms": ms["avg"], "min_ms": ms["min"], "max_ms": ms["max"],
             "std_ms": ms["std"], "first_ms": ms["first"],
             "init_ms": round(timings["init"] / 1000, 3) if "init" in timings else None,
             "peak_memory_mb": mem.get("peak"), "memory_delta_init_mb": mem.get("delta_init"),
@@ -180,7 +195,8 @@ def row_from_output(parsed: dict, threads: int, use_gpu: bool) -> dict:
             "delegate": delegate["name"] if delegate else None,
             "delegated_nodes": f"{delegate['nodes']}/{delegate['total_nodes']}" if delegate else None,
             "gpu_delegate_created": bool(parsed.get("gpu")), "warnings": parsed.get("errors", []),
-            "latency_statistic": "mean (benchmark_model prints no median)"}
+            "latency_statistic": "median (benchmark_model's)" if ms["median"] is not None
+            else "mean (this benchmark_model prints no median)"}
 
 
 def _run(cmd: list[str], what: str, timeout: float = 600) -> str:

@@ -233,6 +233,8 @@ class _RunState(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1
         self._t0 = time.perf_counter()
+        # the epoch's rate (at its first step; after it the optimizer reports the next step's)
+        self._rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == 0:
@@ -243,7 +245,7 @@ class _RunState(keras.callbacks.Callback):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         logs["epoch"] = n
         logs["seconds"] = round(time.perf_counter() - self._t0, 2)
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = self._rate
         bad = [k for k in ("loss", "val_loss") if k in logs and not math.isfinite(logs[k])]
         weight = _non_finite(self.model)
         if bad or weight:
@@ -371,7 +373,10 @@ def _schedule(stage: StageConfig, steps_per_epoch: int):
     milestones = set(int(m) for m in stage.lr_milestones)
     if stage.lr_step_every:
         milestones |= set(range(stage.lr_step_every, stage.epochs, stage.lr_step_every))
-    boundaries = [m * steps_per_epoch for m in sorted(milestones)]
+    # PiecewiseConstantDecay keeps values[i] while step <= boundaries[i]: the rate changes at
+    # step m * steps_per_epoch, the first step of (0-based) epoch m, as after m finished epochs
+    # in MultiStepLR
+    boundaries = [m * steps_per_epoch - 1 for m in sorted(milestones)]
     values = [stage.learning_rate * stage.lr_factor ** i for i in range(len(boundaries) + 1)]
     return (keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
             if boundaries else stage.learning_rate)
