@@ -8,6 +8,7 @@ import difflib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import keras
@@ -41,6 +42,13 @@ def load_keras_model(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):   # Keras would call it "File not found"
+        with open(path, "rb") as f:
+            head = f.read(512)
+        what = (f"a text file starting with {head[:40].decode('ascii')!r}"
+                if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else
+                "empty" if not head else f"a file starting with the bytes {head[:8].hex(' ')}")
+        raise ValueError(f"{path}: not a loadable Keras model (a .keras file is a zip archive; this is {what})")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:
@@ -55,6 +63,16 @@ def _with_input_size(model, source, input_size):
     current = tuple(int(d) for d in model.inputs[0].shape[1:3])
     if tuple(input_size) == current:
         return model
+    if min(input_size) < 1:
+        raise ValueError(f"{source}: input size {input_size[0]}x{input_size[1]}: height and width must be positive")
+    try:
+        multiple = get_model_info(model.name).input_multiple   # a .keras of a registered architecture
+    except KeyError:
+        multiple = None
+    if multiple and any(v % multiple for v in input_size):
+        h, w = input_size
+        raise ValueError(f"{source}: input size {h}x{w}: {model.name} takes multiples of {multiple} "
+                         f"(e.g. {max(multiple, h // multiple * multiple)}x{max(multiple, w // multiple * multiple)})")
     config = model.get_config()
     for layer in config["layers"]:
         if layer["class_name"] == "InputLayer":
@@ -63,8 +81,9 @@ def _with_input_size(model, source, input_size):
         resized = keras.Model.from_config(config)
         resized.set_weights(model.get_weights())
     except Exception as e:
+        first = " ".join(str(e).split())[:300]   # TensorFlow's graph errors run over many lines
         raise ValueError(f"{source}: cannot run at input size {input_size[0]}x{input_size[1]} (it was saved at "
-                         f"{current[0]}x{current[1]}): {type(e).__name__}: {e}") from e
+                         f"{current[0]}x{current[1]}): {type(e).__name__}: {first}") from e
     return resized
 
 

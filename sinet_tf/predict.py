@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,8 +41,8 @@ from sinet_tf.files import IMAGE_SUFFIXES, atomic_path, read_rgb, write_image_at
 from sinet_tf.postprocess import (DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_STRENGTH, DEFAULT_TEMPORAL, REFINE_MODES,
                                   TEMPORAL_MODES, MattePipeline, MattePostprocessor)
 
-__all__ = ["DEFAULT_REFINE", "VIDEO_SUFFIXES", "PredictInput", "expand_inputs", "parse_background", "composite",
-           "predict", "postprocessors"]
+__all__ = ["DEFAULT_REFINE", "VIDEO_SUFFIXES", "InputsFailed", "PredictInput", "check_threshold", "expand_inputs",
+           "parse_background", "composite", "predict", "postprocessors"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 DEFAULT_REFINE = "guided"
@@ -158,7 +159,10 @@ def composite(image: np.ndarray, probability: np.ndarray, background: np.ndarray
 
 
 def _predict_image(pipeline, item: PredictInput, out_dir: Path, threshold: float, background) -> list[Path]:
-    image = read_rgb(item.source)
+    try:
+        image = read_rgb(item.source)
+    except OSError as e:   # e.g. no read permission: a problem of this input, not of the run
+        raise ValueError(f"{item.source}: cannot read it ({e.strerror or e})") from None
     prob = pipeline(image)
     mask = (prob > threshold).astype(np.uint8)
     written = [write_image_atomic(mask * 255, out_dir / f"{item.stem}_mask.png"),
@@ -280,6 +284,29 @@ def _predict_video(pipeline, item: PredictInput, out_dir: Path, threshold: float
 # --------------------------------------------------------------------------- entry point
 
 
+class InputsFailed(ValueError):
+    """Some inputs could not be segmented (the others were): ``failed`` holds ``(input,
+    message)`` pairs, ``total`` the number of inputs."""
+
+    def __init__(self, failed: list[tuple[PredictInput, str]], total: int):
+        self.failed, self.total = failed, total
+        if len(failed) == 1 and total == 1:
+            text = failed[0][1]
+        else:
+            text = (f"{len(failed)} of {total} inputs failed: "
+                    + "; ".join(f"{item}: {message}" for item, message in failed))
+        super().__init__(text)
+
+
+def check_threshold(threshold: float) -> float:
+    """A person-probability threshold strictly between 0 and 1 (at 0 or 1 and beyond, the
+    mask is all person or empty whatever the photo)."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"--threshold {threshold:g}: expected a probability strictly between 0 and 1 "
+                         "(default 0.5)")
+    return float(threshold)
+
+
 def postprocessors(temporal: str = DEFAULT_TEMPORAL, temporal_strength: float = DEFAULT_STRENGTH,
                    refine: str = DEFAULT_REFINE, refine_radius: int = DEFAULT_RADIUS,
                    refine_eps: float = DEFAULT_EPS) -> tuple[MattePostprocessor, MattePostprocessor]:
@@ -305,6 +332,7 @@ def predict(segmenter, inputs, output, threshold: float = 0.5, background: str |
     (:mod:`sinet_tf.postprocess`)."""
     from rich.progress import track
 
+    check_threshold(threshold)
     items = expand_inputs(inputs)
     make_background = parse_background(background)
     if max_frames is not None and max_frames < 1:
@@ -313,12 +341,27 @@ def predict(segmenter, inputs, output, threshold: float = 0.5, background: str |
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    failed: list[tuple[PredictInput, str]] = []
+
+    def attempt(item, run):
+        # a photo or video that cannot be read is reported and skipped; the output folder's
+        # errors (permissions, full disk) end the run, as every later input would fail the same way
+        try:
+            written.extend(run())
+        except ValueError as e:
+            failed.append((item, str(e)))
+            if len(items) > 1:
+                print(f"{item}: error: {e}", file=sys.stderr, flush=True)
+
     images = [x for x in items if x.kind == "image"]
     photo_pipeline = MattePipeline(segmenter, photo_post)
     for item in track(images, description="segmenting photos", disable=len(images) < 2):
-        written += _predict_image(photo_pipeline, item, out_dir, threshold, make_background)
+        attempt(item, lambda: _predict_image(photo_pipeline, item, out_dir, threshold, make_background))
     video_pipeline = MattePipeline(segmenter, video_post)
     for item in items:
         if item.kind != "image":
-            written += _predict_video(video_pipeline, item, out_dir, threshold, make_background, max_frames)
+            attempt(item, lambda: _predict_video(video_pipeline, item, out_dir, threshold, make_background,
+                                                 max_frames))
+    if failed:
+        raise InputsFailed(failed, len(items))
     return written

@@ -170,6 +170,12 @@ def test_equalization_keeps_the_function_and_fills_small_channels():
     assert _max_rel_diff(model, rewritten, x) < 1e-4
 
 
+# The (kernel, pool) of both branches of SINet's ten S2 modules (level2.0, level2.1, level3.0 ..
+# level3.7), as ../shared/reference/README.md lists them.
+SINET_S2_BRANCHES = [[(3, 1), (5, 1)], [(3, 1), (3, 1)], [(3, 1), (5, 1)], [(3, 1), (3, 1)], [(5, 1), (3, 2)],
+                     [(5, 2), (3, 4)], [(3, 1), (3, 1)], [(5, 1), (5, 1)], [(3, 2), (3, 4)], [(3, 1), (5, 2)]]
+
+
 @pytest.fixture(scope="module")
 def official_sinet_64(sinet_checkpoint):
     from sinet_tf.export.heads import with_output_head
@@ -187,10 +193,19 @@ def test_official_sinet_rewrite_is_equivalent(official_sinet_64):
     assert _max_rel_diff(model, rewritten, x) < 1e-5
     kinds = Counter(type(layer).__name__ for layer in rewritten.layers)
     assert kinds["PReLU"] == kinds["AveragePooling2D"] == kinds["GroupedPointwiseConv"] == 0
-    assert kinds[DecomposedPReLU.__name__] == 39
+    # Counted from the architecture (../shared/reference/README.md, "SINet, as the checkpoint
+    # encodes it"). PReLUs: level1's CBR; level2_0's squeeze-excite and the one after its BN;
+    # each S2 module's two branches and its BR; BR2; level3_0's two in the squeeze-excite and
+    # the one after its BN; BR3; the decoder's level2_C CBR. Every one becomes a DecomposedPReLU.
+    assert kinds[DecomposedPReLU.__name__] == 1 + 2 + 3 * len(SINET_S2_BRANCHES) + 1 + 3 + 1 + 1 == 39
     # no BatchNormalization is left that the converter would emit as MUL + ADD
     assert kinds[FoldedAway.__name__] >= 10 and kinds[ChannelAffine.__name__] >= 10
-    assert kinds["BatchNormalization"] == 37  # each right after a conv: the converter folds them
+    # BatchNorms right after a conv (the converter folds them): level1, level2_0 and level3_0 (after
+    # their 1x1 convs), level2_C, and in every S2 branch the one after its depthwise conv and its
+    # last one when no pooling (an upsampling) comes between its 1x1 conv and it; level1's is
+    # folded by the rewrite itself, with the input normalization, into the first conv (below).
+    after_conv = 4 + sum(2 + sum(pool == 1 for _, pool in branches) for branches in SINET_S2_BRANCHES)
+    assert kinds["BatchNormalization"] == after_conv - 1 == 37
     assert isinstance(rewritten.get_layer("normalize"), FoldedAway)  # into encoder.level1.conv
     first = rewritten.get_layer("encoder.level1.conv")  # an OffsetConv2D, then on 4-column blocks
     assert isinstance(first, ColumnBlockConv2D) and first.with_offset and first.block == 4

@@ -29,7 +29,7 @@ def exported(tmp_path_factory, keras96):
     for name, flags in (("temporal", ["--temporal", "ema", "--temporal-strength", str(STRENGTH)]),
                         ("refine", ["--refine", "guided", "--refine-radius", "2", "--refine-eps", "0.002"])):
         path = out / f"{name}.tflite"
-        assert main(["export", str(keras96), "-o", str(path), "--output", "mask", *flags]) == 0
+        assert main(["export", str(keras96), "-o", str(path), "--head", "mask", *flags]) == 0
         files[name] = path
     return files
 
@@ -92,14 +92,14 @@ def test_refined_export_equals_a_numpy_guided_filter(exported, keras96, humanseg
 
 
 def test_export_postprocess_misuse_is_a_clear_error(capsys, tmp_path, keras96):
-    cases = [(["--temporal", "flow", "--output", "mask"], "--temporal 'flow'"),
-             (["--refine", "guided"], "export with --output mask (not logits)"),
-             (["--temporal", "ema", "--output", "mask", "--quantize", "int8", "--calibration-data", "synthetic:4"],
+    cases = [(["--temporal", "flow", "--head", "mask"], "--temporal 'flow'"),
+             (["--refine", "guided"], "export with --head mask (not logits)"),
+             (["--temporal", "ema", "--head", "mask", "--quantize", "int8", "--calibration-data", "synthetic:4"],
               "needs float arithmetic"),
-             (["--temporal", "ema", "--output", "mask", "--temporal-strength", "1"], "--temporal-strength 1.0"),
-             (["--refine", "guided", "--output", "mask", "--refine-radius", "0"], "--refine-radius 0"),
-             (["--refine", "guided", "--output", "mask", "--refine-subsample", "5"], "--refine-subsample 5"),
-             (["--temporal", "ema", "--output", "mask", "--metadata"], "cannot feed the previous matte")]
+             (["--temporal", "ema", "--head", "mask", "--temporal-strength", "1"], "--temporal-strength 1.0"),
+             (["--refine", "guided", "--head", "mask", "--refine-radius", "0"], "--refine-radius 0"),
+             (["--refine", "guided", "--head", "mask", "--refine-subsample", "5"], "--refine-subsample 5"),
+             (["--temporal", "ema", "--head", "mask", "--metadata"], "cannot feed the previous matte")]
     for flags, text in cases:
         code = main(["export", str(keras96), "-o", str(tmp_path / "m.tflite"), *flags])
         err = capsys.readouterr().err

@@ -28,6 +28,15 @@ def _grey(path):
     return img
 
 
+def _frames(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while (frame := cap.read())[0]:
+        frames.append(frame[1])
+    cap.release()
+    return frames
+
+
 def _video_info(path):
     cap = cv2.VideoCapture(str(path))
     assert cap.isOpened(), f"{path} does not open"
@@ -167,6 +176,18 @@ def test_video_keeps_frame_rate_and_frame_count(capsys, tmp_path, official_keras
     for name in ("clip_mask.mp4", "clip_composite.mp4"):
         fps, frames, size = _video_info(tmp_path / "out" / name)
         assert (fps, frames, size) == (10.0, 12, (120, 160)), name
+    # the masks are the video pipeline's (default smoothing and refinement) run frame by frame
+    # on the decoded frames, up to the mp4v coding of the mask video: blank or shifted masks fail
+    from sinet_tf.postprocess import MattePipeline
+    from sinet_tf.predict import postprocessors
+
+    pipeline = MattePipeline(segmenter, postprocessors()[1])
+    wanted = [pipeline(cv2.cvtColor(f, cv2.COLOR_BGR2RGB)) > 0.5 for f in _frames(video)]
+    got = [f[..., 0] > 127 for f in _frames(tmp_path / "out" / "clip_mask.mp4")]
+    assert len(got) == len(wanted) == 12
+    for k, (g, w) in enumerate(zip(got, wanted)):
+        assert 0.05 < w.mean() < 0.95, f"frame {k}: the reference mask is nearly empty or full"
+        assert (g != w).mean() < 0.01, f"frame {k}: {(g != w).mean():.3%} of the pixels differ"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary files left
     predict(segmenter, [video], tmp_path / "five", max_frames=5)
     assert _video_info(tmp_path / "five" / "clip_mask.mp4")[:2] == (10.0, 5)

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from sinet_tf.inference import letterbox, resize_to_input
 from sinet_tf.postprocess.refine import DEFAULT_EPS, DEFAULT_RADIUS, REFINE_MODES, check_refine, guided_upsample, luma
 from sinet_tf.postprocess.temporal import DEFAULT_STRENGTH, TemporalSmoother
+from sinet_tf.runtime.heads import person_probability_from_output
 
 __all__ = ["MattePipeline", "MattePostprocessor", "ModelFrame", "model_frame"]
 
@@ -31,7 +33,6 @@ __all__ = ["MattePipeline", "MattePostprocessor", "ModelFrame", "model_frame"]
 class ModelFrame:
     """``model_input`` float32 RGB ``[h, w, 3]`` as the model saw it, ``prob`` the person
     probability at that resolution, ``box`` ``(top, left, height, width)`` of the photo in it."""
-
     model_input: np.ndarray
     prob: np.ndarray
     box: tuple[int, int, int, int]
@@ -40,9 +41,6 @@ class ModelFrame:
 def model_frame(segmenter, image_rgb: np.ndarray) -> ModelFrame:
     """Run ``segmenter`` (:class:`~sinet_tf.inference.Segmenter`) on one RGB frame, keeping
     the model-resolution probability (letterboxed when ``segmenter.keep_aspect``)."""
-    from sinet_tf.inference import letterbox, resize_to_input
-    from sinet_tf.runtime.heads import person_probability_from_output
-
     size = segmenter.input_size
     if segmenter.keep_aspect:
         x, box = letterbox(image_rgb, size)
