@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from sinet_tf.export.passes.column_blocks import BLOCK_WIDTHS, ColumnBlockConv2D, column_block_kernel
+from sinet_tf.export.passes.graph import FoldedAway
+from sinet_tf.export.passes.implicit_padding import paddings_into_convs, same_kernel_size
 from sinet_tf.export.rewrite import (PASSES, REWRITE_MODES, OffsetConv2D, RewriteContext, RewritePass,
                                      float_friendly, int8_friendly, passes_for, rewrite_for_export, rewrite_mode)
 from sinet_tf.layers.normalization import InputNormalization
 
 RNG = np.random.default_rng(3)
-FLOAT_PASSES = ["batch_norms", "pointwise_merge", "concat_activations", "column_blocks"]
+FLOAT_PASSES = ["batch_norms", "pointwise_merge", "concat_activations", "column_blocks", "implicit_padding"]
 
 
 def _conv_numpy(x, kernel, bias, stride, pad):
@@ -28,6 +30,90 @@ def _conv_numpy(x, kernel, bias, stride, pad):
             window = xp[i * stride:i * stride + k, j * stride:j * stride + k]
             out[i, j] = np.einsum("abc,abco->o", window, kernel)
     return out + bias
+
+
+def _same_conv_numpy(x, kernel, strides):
+    """TensorFlow's "same" convolution in NumPy, from its definition: ``ceil(n / s)``
+    outputs per axis, ``max((out - 1) s + k - n, 0)`` zeros, the smaller half before."""
+    pads = []
+    for a in (0, 1):
+        n, k, s = x.shape[a], kernel.shape[a], strides[a]
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    xp = np.pad(x, (*pads, (0, 0)))
+    ho, wo = -(-x.shape[0] // strides[0]), -(-x.shape[1] // strides[1])
+    out = np.zeros((ho, wo, kernel.shape[-1]))
+    for i in range(ho):
+        for j in range(wo):
+            window = xp[i * strides[0]:i * strides[0] + kernel.shape[0], j * strides[1]:j * strides[1] + kernel.shape[1]]
+            out[i, j] = np.einsum("abc,abco->o", window, kernel)
+    return out
+
+
+def _padded_valid_conv_numpy(x, kernel, strides, pads):
+    """A valid convolution of ``x`` zero-padded by ``pads`` ((top, bottom), (left, right))."""
+    xp = np.pad(x, (*pads, (0, 0)))
+    k0, k1 = kernel.shape[:2]
+    ho, wo = (xp.shape[0] - k0) // strides[0] + 1, (xp.shape[1] - k1) // strides[1] + 1
+    out = np.zeros((ho, wo, kernel.shape[-1]))
+    for i in range(ho):
+        for j in range(wo):
+            window = xp[i * strides[0]:i * strides[0] + k0, j * strides[1]:j * strides[1] + k1]
+            out[i, j] = np.einsum("abc,abco->o", window, kernel)
+    return out
+
+
+@pytest.mark.parametrize("n", [7, 8, 9, 10, 16, 17])
+@pytest.mark.parametrize("k,s,before,after", [(3, 2, 1, 1), (3, 1, 1, 1), (5, 2, 2, 2), (5, 1, 2, 2), (3, 2, 1, 0),
+                                              (3, 1, 2, 0), (1, 2, 0, 0), (3, 2, 0, 1), (3, 2, 2, 2)])
+def test_same_kernel_size_reproduces_the_padded_valid_conv(n, k, s, before, after):
+    """Where :func:`same_kernel_size` finds a size, the "same" conv with zero taps appended
+    equals the valid conv of the padded input (NumPy, both from their definitions); where
+    it finds none, no size up to k + 2s does."""
+    x = RNG.normal(0, 1, (n, 5, 2))
+    kernel = RNG.normal(0, 1, (k, 1, 2, 3))
+    expected = _padded_valid_conv_numpy(x, kernel, (s, 1), ((before, after), (0, 0)))
+    k2 = same_kernel_size(n, before, after, k, s)
+
+    def same_with(size):
+        grown = np.zeros((size, 1, 2, 3))
+        grown[:k] = kernel
+        got = _same_conv_numpy(x, grown, (s, 1))
+        return got.shape == expected.shape and np.allclose(got, expected, atol=1e-9)
+
+    if k2 is None:
+        assert not any(same_with(size) for size in range(k, k + 2 * s + 1))
+    else:
+        assert k2 >= k and same_with(k2)
+        assert not any(same_with(size) for size in range(k, k2))  # the smallest that works
+    if (before, after, k) == (1, 1, 3) and s == 2:  # SINet's down-samplers: 4 taps on even sizes, 3 on odd
+        assert k2 == (4 if n % 2 == 0 else 3)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_paddings_become_the_convs_own_padding(depthwise):
+    """PyTorch-padded stride-2 3x3 convs on even and odd sizes (the kernel grows to 4 taps
+    on even axes) and a stride-1 one: no ZeroPadding2D left, the same outputs."""
+    inputs = keras.Input((32, 31, 4), batch_size=1)
+
+    def conv(name, strides):
+        if depthwise:
+            return keras.layers.DepthwiseConv2D(3, strides=strides, name=name)
+        return keras.layers.Conv2D(6 if name == "a" else 4, 3, strides=strides, name=name)
+
+    x = conv("a", 2)(keras.layers.ZeroPadding2D(1, name="pad_a")(inputs))          # 32 x 31 -> 16 x 16
+    x = conv("b", 1)(keras.layers.ZeroPadding2D(1, name="pad_b")(x))
+    x = conv("c", 2)(keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name="pad_c")(x))  # 16 x 16 -> 8 x 8
+    kept = keras.layers.ZeroPadding2D(((3, 0), (0, 0)), name="pad_kept")(x)         # no "same" form: stays
+    model = _randomize(keras.Model(inputs, conv("d", 1)(kept)))
+    rewritten = paddings_into_convs(model)
+    for name, size in (("a", (4, 3)), ("b", (3, 3)), ("c", (4, 4))):
+        layer = rewritten.get_layer(name)
+        assert layer.padding == "same" and tuple(layer.kernel_size) == size, name
+        assert isinstance(rewritten.get_layer(f"pad_{name}"), FoldedAway)
+    assert type(rewritten.get_layer("pad_kept")) is keras.layers.ZeroPadding2D
+    x = RNG.normal(0, 1, (2, 32, 31, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(rewritten(x)), np.asarray(model(x)), atol=1e-5 * np.abs(model(x)).max())
 
 
 def _block_conv_numpy(x, block_kernel, block_bias, stride, block, rows):
@@ -139,7 +225,8 @@ def test_relu_after_a_concat_of_conv_outputs_is_fused_into_the_convs(mode):
 def test_pass_lists_per_export_mode():
     assert passes_for("float") == FLOAT_PASSES
     assert passes_for("int8") == ["channel_shuffles", "input_normalization", "batch_norms", "pointwise_merge",
-                                  "concat_activations", "prelu", "average_pools", "equalize", "column_blocks"]
+                                  "concat_activations", "prelu", "average_pools", "equalize", "column_blocks",
+                                  "implicit_padding"]
     assert [rewrite_mode(q) for q in ("none", "fp16", "dynamic", "int8")] == ["float", "float", "float", "int8"]
     assert all(set(p.modes) <= set(REWRITE_MODES) for p in PASSES)
     with pytest.raises(ValueError, match="unknown rewrite mode 'fp16'"):
@@ -196,6 +283,7 @@ def test_fp32_export_matches_the_official_logits_and_the_gpu_rules(sinet_checkpo
     # the float passes ran: the 20 standalone BNs (MUL + ADD each) are folded or one op; the
     # classifier runs on column blocks (two RESHAPEs); PRELU stays one op
     assert ops["MUL"] == 3 and ops["ADD"] == 9 and ops["RESHAPE"] == 2 and ops["PRELU"] == 39
+    assert "PAD" not in ops  # the three PyTorch-style paddings are the convs' own (implicit_padding)
     assert report.gpu.compatible and check_gpu_compatibility(data).compatible
     from sinet_tf.layers.normalization_presets import get_preset
 

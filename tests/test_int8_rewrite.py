@@ -227,6 +227,7 @@ _ALONE = {
     "average_pools": lambda m: type(m.get_layer("encoder.level3.2.d2.pool")) is keras.layers.DepthwiseConv2D,
     "space_to_depth": lambda m: isinstance(m.get_layer("classifier.1"), SpaceToDepthConv2D),
     "column_blocks": lambda m: isinstance(m.get_layer("classifier.1"), ColumnBlockConv2D),
+    "implicit_padding": lambda m: m.get_layer("encoder.level2_0.conv.0").padding == "same",
 }
 
 
@@ -246,7 +247,7 @@ def test_each_pass_alone_keeps_the_function(official_sinet_64, name):
 def test_passes_run_in_registry_order_and_unknown_names_are_listed():
     assert [p.name for p in PASSES] == ["channel_shuffles", "input_normalization", "batch_norms", "pointwise_merge",
                                         "concat_activations", "prelu", "average_pools", "space_to_depth", "equalize",
-                                        "column_blocks"]
+                                        "column_blocks", "implicit_padding"]
     assert all(p.description and "\n" not in p.description for p in PASSES)
     inputs = keras.Input((8, 8, 4), batch_size=1)
     x = keras.layers.PReLU(shared_axes=[1, 2], name="act")(inputs)
@@ -351,6 +352,7 @@ def test_official_sinet_int8_is_one_xnnpack_partition_and_gpu_compatible(officia
     assert ops["DEPTHWISE_CONV_2D"] <= 40 and ops["MUL"] >= 39
     assert ops["RESHAPE"] == 4  # the first conv and the classifier on column blocks, in and out
     assert "SPACE_TO_DEPTH" not in ops
+    assert ops.get("PAD", 0) == 1  # only the first conv's, inside its column blocks; the down-samplers pad implicitly
     assert check_gpu_compatibility(data).compatible
     interpreter = Interpreter(model_content=data, num_threads=1)
     interpreter.allocate_tensors()

@@ -40,13 +40,17 @@ The passes, in the order they run, with their modes (each one module of
 * ``column_blocks`` (int8, float; :mod:`~sinet_tf.export.passes.column_blocks`): the
   few-channel convs at the ends of the network (the first conv in int8, the classifier)
   on blocks of adjacent columns, reached by RESHAPE (:class:`ColumnBlockConv2D`).
+* ``implicit_padding`` (int8, float; :mod:`~sinet_tf.export.passes.implicit_padding`): an
+  explicit PyTorch-style ZeroPadding2D before a conv made that conv's own ``"same"``
+  padding (zero taps appended to the kernel where TensorFlow pads differently): no PAD op.
 
 The order matters: ``channel_shuffles`` walks through PReLUs and pools, not their
 replacements; ``input_normalization`` folds the BN after the first conv with the
 normalization (one rounding to float32), and ``batch_norms`` then sees the
 :class:`OffsetConv2D` (a BN after it cannot be left to the converter); the conv that
 ``pointwise_merge`` made is one ``column_blocks`` can take; ``equalize`` scales chains
-that start at the first conv and end at plain convs, so ``column_blocks`` comes after it.
+that start at the first conv and end at plain convs, so ``column_blocks`` comes after it;
+``column_blocks`` takes a padded first conv as it is, so ``implicit_padding`` comes last.
 
 A pass is a function ``(model, context) -> model`` (:class:`RewritePass`): it returns an
 equivalent model, or ``model`` itself when it changes nothing, and never modifies
@@ -73,6 +77,7 @@ from sinet_tf.export.passes.column_blocks import ColumnBlockConv2D, convs_on_col
 from sinet_tf.export.passes.concat_activation import activations_into_concat_parts
 from sinet_tf.export.passes.equalize import equalize_channels, equalize_on_calibration_images
 from sinet_tf.export.passes.graph import FoldedAway, RewriteContext, copy_model
+from sinet_tf.export.passes.implicit_padding import paddings_into_convs, same_kernel_size
 from sinet_tf.export.passes.input_normalization import OffsetConv2D, fold_input_normalization
 from sinet_tf.export.passes.pointwise import merge_pointwise_convs
 from sinet_tf.export.passes.pooling import pools_as_depthwise
@@ -82,8 +87,8 @@ from sinet_tf.export.passes.space_to_depth import SpaceToDepthConv2D, convs_on_p
 __all__ = ["NEAR_RELU", "PASSES", "REWRITE_MODES", "AffineThenResize", "ChannelAffine", "ColumnBlockConv2D",
            "DecomposedPReLU", "FoldedAway", "OffsetConv2D", "RewriteContext", "RewritePass", "ScaledAdd",
            "SpaceToDepthConv2D", "absorb_channel_shuffles", "auto_prelu_mode", "equalize_channels", "float_friendly",
-           "int8_friendly", "passes_for", "register_pass", "rewrite_for_export", "rewrite_mode",
-           "space_to_depth_kernel", "unregister_pass"]
+           "int8_friendly", "paddings_into_convs", "passes_for", "register_pass", "rewrite_for_export",
+           "rewrite_mode", "same_kernel_size", "space_to_depth_kernel", "unregister_pass"]
 
 REWRITE_MODES = ("int8", "float")  # the pass lists: full-integer files, and float32/fp16/dynamic files
 
@@ -144,6 +149,8 @@ PASSES: list[RewritePass] = [
                 equalize_on_calibration_images),
     RewritePass("column_blocks", "few-channel convs at the network's ends computed on blocks of adjacent columns",
                 convs_on_column_blocks, modes=("int8", "float")),
+    RewritePass("implicit_padding", "an explicit zero padding before a conv made the conv's own 'same' padding",
+                paddings_into_convs, modes=("int8", "float")),
 ]
 
 
