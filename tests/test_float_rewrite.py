@@ -16,7 +16,7 @@ from sinet_tf.export.rewrite import (PASSES, REWRITE_MODES, OffsetConv2D, Rewrit
 from sinet_tf.layers.normalization import InputNormalization
 
 RNG = np.random.default_rng(3)
-FLOAT_PASSES = ["batch_norms", "pointwise_merge", "concat_activations", "column_blocks", "implicit_padding"]
+FLOAT_PASSES = ["batch_norms", "pointwise_merge", "concat_activations", "column_blocks"]
 
 
 def _conv_numpy(x, kernel, bias, stride, pad):
@@ -225,8 +225,7 @@ def test_relu_after_a_concat_of_conv_outputs_is_fused_into_the_convs(mode):
 def test_pass_lists_per_export_mode():
     assert passes_for("float") == FLOAT_PASSES
     assert passes_for("int8") == ["channel_shuffles", "input_normalization", "batch_norms", "pointwise_merge",
-                                  "concat_activations", "prelu", "average_pools", "equalize", "column_blocks",
-                                  "implicit_padding"]
+                                  "concat_activations", "prelu", "average_pools", "equalize", "column_blocks"]
     assert [rewrite_mode(q) for q in ("none", "fp16", "dynamic", "int8")] == ["float", "float", "float", "int8"]
     assert all(set(p.modes) <= set(REWRITE_MODES) for p in PASSES)
     with pytest.raises(ValueError, match="unknown rewrite mode 'fp16'"):
@@ -254,7 +253,7 @@ def _real_photos(humanseg, size, n=2):
     return np.stack([resize_to_input(source.read(i)[0], (size, size)) for i in range(n)]).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", FLOAT_PASSES + ["all"])
+@pytest.mark.parametrize("name", FLOAT_PASSES + ["implicit_padding", "all"])
 def test_each_float_pass_keeps_the_function_on_random_and_real_photos(official_sinet_64, humanseg, name):
     model = official_sinet_64
     rewritten = float_friendly(model, passes=None if name == "all" else [name])
@@ -265,6 +264,11 @@ def test_each_float_pass_keeps_the_function_on_random_and_real_photos(official_s
         assert "ChannelAffine" in kinds and "AffineThenResize" in kinds
     if name in ("pointwise_merge", "all"):
         assert type(rewritten.get_layer("head_difference")).__name__ == "FoldedAway"
+    if name == "implicit_padding":  # the first conv (even size: 4 x 4 taps) and the two down-samplers
+        assert [n for n in ("encoder.level1.conv", "encoder.level2_0.conv.0", "encoder.level3_0.conv.0")
+                if rewritten.get_layer(n).padding == "same"] == ["encoder.level1.conv", "encoder.level2_0.conv.0",
+                                                                 "encoder.level3_0.conv.0"]
+        assert tuple(rewritten.get_layer("encoder.level1.conv").kernel_size) == (4, 4)
     assert "PReLU" in kinds and "DecomposedPReLU" not in kinds  # float keeps PRELU as one op
     assert not isinstance(rewritten.get_layer("encoder.level1.conv"), OffsetConv2D)
     random = np.random.default_rng(5).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
@@ -283,7 +287,7 @@ def test_fp32_export_matches_the_official_logits_and_the_gpu_rules(sinet_checkpo
     # the float passes ran: the 20 standalone BNs (MUL + ADD each) are folded or one op; the
     # classifier runs on column blocks (two RESHAPEs); PRELU stays one op
     assert ops["MUL"] == 3 and ops["ADD"] == 9 and ops["RESHAPE"] == 2 and ops["PRELU"] == 39
-    assert "PAD" not in ops  # the three PyTorch-style paddings are the convs' own (implicit_padding)
+    assert ops["PAD"] == 3  # implicit_padding is asked for by name only (XNNPACK fuses these PADs itself)
     assert report.gpu.compatible and check_gpu_compatibility(data).compatible
     from sinet_tf.layers.normalization_presets import get_preset
 

@@ -352,7 +352,7 @@ def test_official_sinet_int8_is_one_xnnpack_partition_and_gpu_compatible(officia
     assert ops["DEPTHWISE_CONV_2D"] <= 40 and ops["MUL"] >= 39
     assert ops["RESHAPE"] == 4  # the first conv and the classifier on column blocks, in and out
     assert "SPACE_TO_DEPTH" not in ops
-    assert ops.get("PAD", 0) == 1  # only the first conv's, inside its column blocks; the down-samplers pad implicitly
+    assert ops["PAD"] == 3  # the first conv's (inside its column blocks) and the two down-samplers'
     assert check_gpu_compatibility(data).compatible
     interpreter = Interpreter(model_content=data, num_threads=1)
     interpreter.allocate_tensors()

@@ -40,9 +40,11 @@ The passes, in the order they run, with their modes (each one module of
 * ``column_blocks`` (int8, float; :mod:`~sinet_tf.export.passes.column_blocks`): the
   few-channel convs at the ends of the network (the first conv in int8, the classifier)
   on blocks of adjacent columns, reached by RESHAPE (:class:`ColumnBlockConv2D`).
-* ``implicit_padding`` (int8, float; :mod:`~sinet_tf.export.passes.implicit_padding`): an
+* ``implicit_padding`` (by name only; :mod:`~sinet_tf.export.passes.implicit_padding`): an
   explicit PyTorch-style ZeroPadding2D before a conv made that conv's own ``"same"``
   padding (zero taps appended to the kernel where TensorFlow pads differently): no PAD op.
+  Not in a mode's list: XNNPACK already fuses such a PAD into the conv, and the larger
+  kernel measured slower (``benchmarks/results/float_rewrites.md``).
 
 The order matters: ``channel_shuffles`` walks through PReLUs and pools, not their
 replacements; ``input_normalization`` folds the BN after the first conv with the
@@ -50,7 +52,8 @@ normalization (one rounding to float32), and ``batch_norms`` then sees the
 :class:`OffsetConv2D` (a BN after it cannot be left to the converter); the conv that
 ``pointwise_merge`` made is one ``column_blocks`` can take; ``equalize`` scales chains
 that start at the first conv and end at plain convs, so ``column_blocks`` comes after it;
-``column_blocks`` takes a padded first conv as it is, so ``implicit_padding`` comes last.
+``column_blocks`` takes a padded first conv as it is, so ``implicit_padding`` (asked for by
+name) comes last.
 
 A pass is a function ``(model, context) -> model`` (:class:`RewritePass`): it returns an
 equivalent model, or ``model`` itself when it changes nothing, and never modifies
@@ -150,7 +153,7 @@ PASSES: list[RewritePass] = [
     RewritePass("column_blocks", "few-channel convs at the network's ends computed on blocks of adjacent columns",
                 convs_on_column_blocks, modes=("int8", "float")),
     RewritePass("implicit_padding", "an explicit zero padding before a conv made the conv's own 'same' padding",
-                paddings_into_convs, modes=("int8", "float")),
+                paddings_into_convs, modes=()),
 ]
 
 

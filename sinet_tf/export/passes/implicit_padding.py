@@ -11,8 +11,11 @@ and 1. Each spatial axis is solved on its own (:func:`same_kernel_size`), so the
 may end up 4 x 3. The padded taps read zeros in both forms, so the result is exact, and
 the runtime pads implicitly (no PAD op, no padded copy of the tensor).
 
-Which convs it pays for, and by how much, is measured in
-``benchmarks/results/float_rewrites.md``.
+It is in no export mode's pass list (``int8_friendly(model, passes=["implicit_padding"])``
+asks for it): XNNPACK fuses a zero PAD into the convolution after it on its own, and the
+grown kernels (16 taps instead of 9) measured slower there; the numbers are in
+``benchmarks/results/float_rewrites.md``. A runtime that runs PAD as an op of its own
+(GPU delegates) is where it may pay.
 """
 
 from __future__ import annotations
