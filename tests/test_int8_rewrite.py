@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from sinet_tf.export.passes.graph import is_linear, read_graph, rebuild
-from sinet_tf.export.rewrite import (PASSES, AffineThenResize, ChannelAffine, DecomposedPReLU, FoldedAway, OffsetConv2D,
-                                     RewritePass, ScaledAdd, SpaceToDepthConv2D, absorb_channel_shuffles,
-                                     equalize_channels, int8_friendly, register_pass, unregister_pass)
+from sinet_tf.export.rewrite import (PASSES, AffineThenResize, ChannelAffine, ColumnBlockConv2D, DecomposedPReLU,
+                                     FoldedAway, OffsetConv2D, RewritePass, ScaledAdd, SpaceToDepthConv2D,
+                                     absorb_channel_shuffles, equalize_channels, int8_friendly, register_pass,
+                                     unregister_pass)
 from sinet_tf.layers.normalization import InputNormalization
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.layers.s2 import s2_module
@@ -118,7 +119,7 @@ def test_conv_then_pointwise_conv_is_one_conv():
 def test_few_channel_conv_runs_on_2x2_blocks(kernel_size):
     inputs = keras.Input((64, 64, 2), batch_size=1)
     model = _randomize(keras.Model(inputs, keras.layers.Conv2D(3, kernel_size, padding="same", name="c")(inputs)))
-    rewritten = int8_friendly(model)
+    rewritten = int8_friendly(model, passes=["space_to_depth"])  # by name: column_blocks has its place in the list
     assert isinstance(rewritten.get_layer("c"), SpaceToDepthConv2D)
     x = RNG.normal(0, 1, (2, 64, 64, 2)).astype(np.float32)
     assert _max_rel_diff(model, rewritten, x) < 1e-5
@@ -130,7 +131,7 @@ def test_input_normalization_folds_into_the_first_conv_with_its_border():
     x = keras.layers.ZeroPadding2D(1)(x)
     x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="first")(x)
     model = _randomize(keras.Model(inputs, keras.layers.PReLU(shared_axes=[1, 2])(_bn(x))))
-    rewritten = int8_friendly(model)
+    rewritten = int8_friendly(model)  # 32 wide: too narrow for column blocks, the OffsetConv2D stays
     assert isinstance(rewritten.get_layer("normalize"), FoldedAway)
     assert isinstance(rewritten.get_layer("first"), OffsetConv2D)
     x = RNG.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
@@ -206,9 +207,10 @@ def test_official_sinet_rewrite_is_equivalent(official_sinet_64):
     after_conv = 4 + sum(2 + sum(pool == 1 for _, pool in branches) for branches in SINET_S2_BRANCHES)
     assert kinds["BatchNormalization"] == after_conv - 1 == 37
     assert isinstance(rewritten.get_layer("normalize"), FoldedAway)  # into encoder.level1.conv
-    assert isinstance(rewritten.get_layer("encoder.level1.conv"), OffsetConv2D)
+    first = rewritten.get_layer("encoder.level1.conv")  # an OffsetConv2D, then on 4-column blocks
+    assert isinstance(first, ColumnBlockConv2D) and first.with_offset and first.block == 4
     assert isinstance(rewritten.get_layer("head_difference"), FoldedAway)  # merged into classifier.1
-    assert isinstance(rewritten.get_layer("classifier.1"), SpaceToDepthConv2D)
+    assert isinstance(rewritten.get_layer("classifier.1"), ColumnBlockConv2D)
     assert isinstance(rewritten.get_layer("decoder.up2"), AffineThenResize)  # bn_2 before the resize
     assert all(rewritten.get_layer(f"encoder.level{lv}.{i}.c1.conv").groups == 2
                for lv, n in ((2, 2), (3, 8)) for i in range(n))
@@ -224,6 +226,8 @@ _ALONE = {
     "prelu": lambda m: isinstance(m.get_layer("encoder.level1.act"), DecomposedPReLU),
     "average_pools": lambda m: type(m.get_layer("encoder.level3.2.d2.pool")) is keras.layers.DepthwiseConv2D,
     "space_to_depth": lambda m: isinstance(m.get_layer("classifier.1"), SpaceToDepthConv2D),
+    "column_blocks": lambda m: isinstance(m.get_layer("classifier.1"), ColumnBlockConv2D),
+    "implicit_padding": lambda m: m.get_layer("encoder.level2_0.conv.0").padding == "same",
 }
 
 
@@ -242,7 +246,8 @@ def test_each_pass_alone_keeps_the_function(official_sinet_64, name):
 
 def test_passes_run_in_registry_order_and_unknown_names_are_listed():
     assert [p.name for p in PASSES] == ["channel_shuffles", "input_normalization", "batch_norms", "pointwise_merge",
-                                        "prelu", "average_pools", "space_to_depth", "equalize"]
+                                        "concat_activations", "prelu", "average_pools", "space_to_depth", "equalize",
+                                        "column_blocks", "implicit_padding"]
     assert all(p.description and "\n" not in p.description for p in PASSES)
     inputs = keras.Input((8, 8, 4), batch_size=1)
     x = keras.layers.PReLU(shared_axes=[1, 2], name="act")(inputs)
@@ -258,7 +263,7 @@ def test_passes_run_in_registry_order_and_unknown_names_are_listed():
     for rewritten in (both, only, none):
         assert _max_rel_diff(model, rewritten, x) < 1e-6
     listed = ", ".join(p.name for p in PASSES)
-    unknown = f"unknown int8 rewrite pass 'prelus'; registered, in order: {listed}"
+    unknown = f"unknown rewrite pass 'prelus'; registered, in order: {listed}"
     with pytest.raises(ValueError, match=re.escape(unknown)):
         int8_friendly(model, passes=["prelu", "prelus"])
     with pytest.raises(ValueError, match="'equalize' needs calibration images"):
@@ -315,7 +320,7 @@ def test_registering_checks_names_and_unregistering_restores_the_list():
         assert PASSES[0] is noop
         with pytest.raises(ValueError, match="'noop' is already registered"):
             register_pass(RewritePass("noop", "again", lambda model, context: model))
-        with pytest.raises(ValueError, match="unknown int8 rewrite pass 'nowhere'"):
+        with pytest.raises(ValueError, match="unknown rewrite pass 'nowhere'"):
             register_pass(RewritePass("other", "x", lambda model, context: model), after="nowhere")
     finally:
         unregister_pass("noop")
@@ -345,7 +350,9 @@ def test_official_sinet_int8_is_one_xnnpack_partition_and_gpu_compatible(officia
     assert "PRELU" not in ops and "AVERAGE_POOL_2D" not in ops and "SOFTMAX" not in ops
     # depthwise convs: the 22 of the network, 6 pools, 12 standalone BNs; PReLUs are MUL + ADD
     assert ops["DEPTHWISE_CONV_2D"] <= 40 and ops["MUL"] >= 39
-    assert ops["SPACE_TO_DEPTH"] == ops["DEPTH_TO_SPACE"] == 1
+    assert ops["RESHAPE"] == 4  # the first conv and the classifier on column blocks, in and out
+    assert "SPACE_TO_DEPTH" not in ops
+    assert ops["PAD"] == 3  # the first conv's (inside its column blocks) and the two down-samplers'
     assert check_gpu_compatibility(data).compatible
     interpreter = Interpreter(model_content=data, num_threads=1)
     interpreter.allocate_tensors()

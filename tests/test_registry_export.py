@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from sinet_tf.export import check_gpu_compatibility, convert_float32
+from sinet_tf.layers.information_blocking import InformationBlockingGate
 from sinet_tf.layers.normalization import InputNormalization
 from sinet_tf.layers.s2 import GroupedPointwiseConv
 from sinet_tf.model_cost import count_macs, iter_layers
@@ -58,7 +59,9 @@ def device_only_macs(model) -> int:
     """Multiply-adds the converted graph runs beyond the paper convention of ``count_macs``,
     each from the layer's documented graph: the input normalization is one 1x1 conv 3 -> 3;
     a grouped pointwise conv runs as one dense 1x1 conv with a block-diagonal kernel; an
-    expanding depthwise conv first repeats each channel with a 1x1 conv C -> C x m."""
+    expanding depthwise conv first repeats each channel with a 1x1 conv C -> C x m; SINet's
+    Information Blocking gate on two classes is a constant 1x1 conv 2 -> 2 (the logit
+    differences) before LOGISTIC."""
     extra = 0
     for layer in iter_layers(model):
         if isinstance(layer, InputNormalization):
@@ -69,6 +72,8 @@ def device_only_macs(model) -> int:
         elif isinstance(layer, ExpandingDepthwiseConv2D) and layer.depth_multiplier > 1:
             h, w, c = (int(d) for d in layer.input.shape[1:])
             extra += h * w * c * c * layer.depth_multiplier
+        elif isinstance(layer, InformationBlockingGate) and layer.input.shape[-1] == 2:
+            extra += math.prod(layer.input.shape[1:3]) * 2 * 2
     return extra
 
 

@@ -21,11 +21,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sinet_tf.bench.host import model_info
+from sinet_tf.bench.host import ISA_FLAGS, model_info, parse_cpuinfo
 
 __all__ = ["BENCHMARK_MODEL_URL", "DEVICE_DIR", "AdbError", "adb_command", "benchmark_model_command",
-           "benchmark_on_device", "device_file_name", "find_adb", "parse_adb_devices", "parse_benchmark_output",
-           "pick_device", "row_from_output", "shell_command"]
+           "benchmark_on_device", "device_cpu", "device_file_name", "find_adb", "parse_adb_devices",
+           "parse_benchmark_output", "pick_device", "row_from_output", "shell_command"]
 
 MEASUREMENT_DOCS = "https://www.tensorflow.org/lite/performance/measurement"
 BENCHMARK_MODEL_URL = ("https://storage.googleapis.com/tensorflow-nightly-public/prod/tensorflow/release/lite/tools/"
@@ -216,6 +216,26 @@ def _missing_binary_message() -> str:
             f"binaries\" on {MEASUREMENT_DOCS}): {BENCHMARK_MODEL_URL}")
 
 
+def device_cpu(adb: str, device: str) -> dict:
+    """The device's CPU as :func:`sinet_tf.bench.host.cpu_info` describes the host's:
+    ``model`` (``ro.soc.model``, else ``/proc/cpuinfo``'s name, else ``unknown``) and
+    ``isa`` (which of :data:`~sinet_tf.bench.host.ISA_FLAGS` its cores report: ``asimddp``
+    is ARM's int8 dot product). What adb cannot tell stays ``unknown``/None."""
+
+    def shell(*args):
+        try:
+            done = subprocess.run(shell_command(adb, device, *args), capture_output=True, text=True,
+                                  timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout if done.returncode == 0 else ""
+
+    model, flags = parse_cpuinfo(shell("cat", "/proc/cpuinfo"))
+    soc = shell("getprop", "ro.soc.model").strip()
+    return {"model": soc or model or "unknown", "machine": None, "cores": None,
+            "isa": None if flags is None else [f for f in ISA_FLAGS if f in flags]}
+
+
 def benchmark_on_device(models, threads=(4,), use_gpu: bool = False, runs: int = 50, warmup: int = 5,
                         serial: str | None = None, benchmark_binary=None, progress=None) -> list[dict]:
     """Run every model under ``benchmark_model`` on an attached device; one row per
@@ -236,6 +256,7 @@ def benchmark_on_device(models, threads=(4,), use_gpu: bool = False, runs: int =
                                  capture_output=True, text=True, timeout=60)
         if listing.returncode != 0 or "No such file" in listing.stdout + listing.stderr:
             raise AdbError(_missing_binary_message())
+    cpu = device_cpu(adb, device)
     remote = []
     for i, info in enumerate(infos):
         dest = f"{DEVICE_DIR}/{device_file_name(i, info['model'])}"
@@ -248,7 +269,7 @@ def benchmark_on_device(models, threads=(4,), use_gpu: bool = False, runs: int =
             cmd = shell_command(adb, device, *benchmark_model_command(dest, n, use_gpu, runs, warmup))
             say(cmd[-1])
             text = _run(cmd, f"benchmark_model on {info['name']}")
-            row = {**info, "device": device, "warmup": int(warmup), "command": " ".join(cmd),
+            row = {**info, "device": device, "cpu": cpu, "warmup": int(warmup), "command": " ".join(cmd),
                    **row_from_output(parse_benchmark_output(text), n, use_gpu)}
             if use_gpu and not row["gpu_delegate_created"]:
                 row["warnings"].append("use_gpu was asked but no GPU delegate was created: this ran on the CPU")

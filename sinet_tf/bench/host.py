@@ -14,6 +14,11 @@ caches of a tight loop over one model; for models far below a millisecond this s
 Inputs follow each file's own convention (:func:`input_convention`): our exports take RGB
 pixels in [0, 255]; MediaPipe's selfie model takes RGB in [0, 1]; integer inputs are
 quantized with the input tensor's scale and zero point.
+
+Every row records the CPU it ran on (:func:`cpu_info`: model name and the instruction-set
+flags that decide whether int8 or float32 is faster) and the load average when the
+timing started: the same file's int8/float32 ratio flips between an AVX2 host and one
+with int8 dot-product instructions, and a shared machine's load moves every figure.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -33,10 +39,60 @@ from sinet_tf.inference import Segmenter
 from sinet_tf.runtime.interpreter import make_interpreter, quantization_of
 from sinet_tf.runtime.model_file import count_weight_params, read_contents, read_tflite
 
-__all__ = ["DEFAULT_INPUT_RANGE", "benchmark", "input_convention", "interleaved_times", "model_info", "peak_memory",
-           "read_tflite"]
+__all__ = ["DEFAULT_INPUT_RANGE", "ISA_FLAGS", "benchmark", "cpu_info", "cpu_label", "input_convention",
+           "interleaved_times", "load_average", "model_info", "parse_cpuinfo", "peak_memory", "read_tflite"]
 
 DEFAULT_INPUT_RANGE = (0.0, 255.0)
+
+# CPU flags that decide which kernels LiteRT's XNNPACK can use: x86 AVX2 / AVX-512 and the
+# int8 dot-product instructions (VNNI, in 512- and 256-bit forms), AMX; ARM's int8 dot
+# product (asimddp), int8 matrix multiply (i8mm) and half-precision arithmetic (asimdhp).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "asimdhp")
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, set | None]:
+    """``(model name, flags)`` from the text of a Linux/Android ``/proc/cpuinfo`` (x86
+    ``model name``/``flags``; ARM ``Hardware`` or ``CPU model``/``Features``); None for
+    what it does not say."""
+    model, flags = None, None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if model is None and key in ("model name", "hardware", "cpu model"):
+            model = value.strip() or None
+        elif flags is None and key in ("flags", "features"):
+            flags = set(value.split())
+    return model, flags
+
+
+def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict:
+    """The CPU this process runs on: ``model`` (the model name, or the platform's processor
+    string where ``/proc/cpuinfo`` does not exist), ``machine`` (``x86_64``, ``aarch64``,
+    ...), ``cores`` (logical CPUs) and ``isa``: which of :data:`ISA_FLAGS` the CPU reports
+    (``None`` when its flags cannot be read)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        text = ""
+    model, flags = parse_cpuinfo(text)
+    return {"model": model or platform.processor() or platform.machine() or "unknown",
+            "machine": platform.machine(), "cores": os.cpu_count(),
+            "isa": None if flags is None else [f for f in ISA_FLAGS if f in flags]}
+
+
+def cpu_label(cpu: dict) -> str:
+    """One line for tables: ``model (flag, flag, ...)``."""
+    isa = cpu.get("isa")
+    flags = "flags unknown" if isa is None else (", ".join(isa) or "none of " + "/".join(ISA_FLAGS[:4]))
+    return f"{cpu.get('model', 'unknown')} ({flags})"
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the platform has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def input_convention(contents, override: tuple[float, float] | None = None) -> dict:
@@ -193,7 +249,8 @@ def benchmark(models, threads=(2,), warmup: int = 5, runs: int = 50, data=None, 
     same thread count), ``peak_memory_mb`` (peak-RSS growth in a fresh process, see
     :func:`peak_memory`; ``memory=False`` skips it), and with ``data`` ``person_iou``,
     ``miou``, ``boundary_f``, ``iou_images`` from :func:`sinet_tf.evaluate.evaluate` (the
-    first ``num_images`` images of ``split``). A file the interpreter loads but cannot run
+    first ``num_images`` images of ``split``), ``cpu`` (:func:`cpu_info`) and ``load_average``
+    (when that thread count's timing started). A file the interpreter loads but cannot run
     with these settings (e.g. a custom op only XNNPACK provides, under ``xnnpack=False``)
     gets ``error`` and no timings.
     """
@@ -211,6 +268,7 @@ def benchmark(models, threads=(2,), warmup: int = 5, runs: int = 50, data=None, 
     say = progress or (lambda msg: None)
 
     rows = []
+    cpu = cpu_info()
     for n_threads in threads:
         timed, errors = [], {}
         for i, p in enumerate(paths):
@@ -221,10 +279,12 @@ def benchmark(models, threads=(2,), warmup: int = 5, runs: int = 50, data=None, 
                 errors[i] = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
         live = [i for i, t in enumerate(timed) if t is not None]
         say(f"{n_threads} thread(s): {warmup} warm-up + {runs} timed rounds over {len(live)} model(s)")
+        load = load_average()
         times = interleaved_times({i: timed[i].invoke for i in live}, warmup, runs)
         del timed
         for i, info in enumerate(infos):
-            row = {**info, "threads": n_threads, "xnnpack": bool(xnnpack), "warmup": int(warmup)}
+            row = {**info, "threads": n_threads, "xnnpack": bool(xnnpack), "warmup": int(warmup), "cpu": cpu,
+                   "load_average": load}
             if i in errors:
                 row.update({"median_ms": None, "p90_ms": None, "min_ms": None, "mean_ms": None, "std_ms": None,
                             "runs": 0, "error": errors[i]})

@@ -90,6 +90,21 @@ def time_models(models: dict, threads: int = 1, xnnpack: bool = True, warmup: in
     return out
 
 
+def _weight_producers(model) -> dict:
+    """``{op index: [indices of the DEQUANTIZE ops of constants it reads]}``: an fp16 model's
+    weights reach their ops through DEQUANTIZE, which the runtime folds at load time; an op
+    cut out alone needs them with it (a custom op such as MediaPipe's
+    Convolution2DTransposeBias refuses non-constant weights)."""
+    sub = model.subgraphs[0]
+    dequantized = {}
+    for j, op in enumerate(sub.operators):
+        if op_name(model, op.opcodeIndex) == "DEQUANTIZE" and all(
+                is_constant(model, sub.tensors[int(t)]) for t in op.inputs if t >= 0):
+            dequantized.update({int(t): j for t in op.outputs})
+    return {i: [dequantized[int(t)] for t in op.inputs if int(t) in dequantized]
+            for i, op in enumerate(sub.operators)}
+
+
 def op_profile(data: bytes, threads: int = 1, xnnpack: bool = True, warmup: int = 3, runs: int = 20,
                inner: int = 10) -> list[dict]:
     """Per-op latency of a ``.tflite`` model: each op timed alone (:func:`subgraph_model`),
@@ -97,20 +112,30 @@ def op_profile(data: bytes, threads: int = 1, xnnpack: bool = True, warmup: int 
     invokes (warm caches: inside the whole model an op reads what the previous op just
     wrote; ``inner=1`` gives cold-cache times, which overstate memory-bound float ops).
     One dict per op, in graph order: ``index``, ``op``, ``output_shape``, ``dtype`` (of its
-    first output), ``delegated`` (XNNPACK took it), ``median_ms``, ``min_ms``. Each time
+    first output), ``delegated`` (XNNPACK took it), ``median_ms``, ``min_ms`` (and
+    ``folded_at_load``, with times 0, for a weight's DEQUANTIZE). Each time
     includes one ``invoke()`` overhead (about 2 us here; :func:`invoke_overhead_ms`).
     Inside a whole model XNNPACK also fuses some ops (a PAD into the conv after it), so
-    the sum over ops is an upper bound of the whole model's time."""
+    the sum over ops is an upper bound of the whole model's time. An op that reads
+    dequantized constants (fp16 weights) is timed with those DEQUANTIZE ops, which the
+    runtime folds at load time."""
     model = parse_model(data)
     sub = model.subgraphs[0]
-    singles = {i: subgraph_model(data, [i]) for i in range(len(sub.operators))}
+    weights = _weight_producers(model)
+    folded = {j for js in weights.values() for j in js}
+    singles = {i: subgraph_model(data, [*weights[i], i]) for i in range(len(sub.operators)) if i not in folded}
     timed = time_models(singles, threads, xnnpack, warmup, runs, inner)
     rows = []
     for i, op in enumerate(sub.operators):
         out = sub.tensors[int(op.outputs[0])]
-        rows.append({"index": i, "op": op_name(model, op.opcodeIndex), "output_shape": [int(d) for d in out.shape],
-                     "dtype": type_name(out.type).lower(), "delegated": timed[i]["delegate_nodes"] > 0,
-                     "median_ms": timed[i]["median_ms"], "min_ms": timed[i]["min_ms"]})
+        row = {"index": i, "op": op_name(model, op.opcodeIndex), "output_shape": [int(d) for d in out.shape],
+               "dtype": type_name(out.type).lower()}
+        if i in folded:  # a weight's DEQUANTIZE: folded at load time, timed with the op that reads it
+            row.update(delegated=True, median_ms=0.0, min_ms=0.0, folded_at_load=True)
+        else:
+            row.update(delegated=timed[i]["delegate_nodes"] > 0, median_ms=timed[i]["median_ms"],
+                       min_ms=timed[i]["min_ms"])
+        rows.append(row)
     return rows
 
 

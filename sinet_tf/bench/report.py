@@ -46,6 +46,13 @@ def bench_table(rows: list[dict], title: str | None = None):
             title = (f"LiteRT on this machine (XNNPACK {'on' if rows[0]['xnnpack'] else 'off'}, "
                      f"{max(r['runs'] for r in rows)} interleaved runs); ratio = median / first model's median")
     caption = "inputs: " + "; ".join(dict.fromkeys(f"{r['name']} {_input(r)}" for r in rows))
+    if not on_device and rows[0].get("cpu"):
+        from sinet_tf.bench.host import cpu_label
+
+        loads = dict.fromkeys(f"{r['threads']} thread(s) {r['load_average'][0]:.2f}" for r in rows
+                              if r.get("load_average"))
+        caption += f"\nCPU: {cpu_label(rows[0]['cpu'])}" + (f"; 1-min load when timed: {', '.join(loads)}"
+                                                            if loads else "")
     errors = dict.fromkeys(f"{r['name']}: {r['error']}" for r in rows if r.get("error"))
     if errors:
         caption += "\nnot run: " + "; ".join(errors)

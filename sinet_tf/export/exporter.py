@@ -61,7 +61,7 @@ from sinet_tf.export.quantize import (
     quantize_calibrated_model,
     representative_dataset,
 )
-from sinet_tf.export.rewrite import int8_friendly
+from sinet_tf.export.rewrite import float_friendly, int8_friendly
 from sinet_tf.export.tflite import with_fixed_batch
 from sinet_tf.files import atomic_path
 from sinet_tf.inference import resize_to_input
@@ -462,7 +462,8 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
         else:
             with progress_bar(f"converting to {quantize if quantize != 'none' else 'float32'} .tflite", None,
                               progress):
-                data = convert(model, quantize, io)
+                # float32 / fp16 / dynamic: the float pass list (sinet_tf.export.rewrite), same function
+                data = convert(float_friendly(model), quantize, io)
         seconds = time.perf_counter() - t0
         contents = inspect_tflite(data, quantize)
         if contents.problems:

@@ -1,10 +1,9 @@
 """BatchNormalizations that do not follow a conv, folded or made one int8 op.
 
 A BatchNormalization after a concat, a residual add or a bilinear resize is MUL + ADD in
-TFLite, and the converter gives the concat feeding such a MUL that MUL's output scale: in
-SINet ``BR2`` the concat (and, since int8 CONCATENATION shares one scale, both of its
-inputs, ``level2_0`` and ``output2``) got a range of 30 for values in [-1.5, 4]:
-``level2_0``'s output used 8% of the int8 range. So such a BN is (a) folded into the conv
+TFLite, and the converter gives the concat feeding such a MUL that MUL's output scale (and,
+since int8 CONCATENATION shares one scale, to all of the concat's inputs: in SINet ``BR2``
+``level2_0``'s output then used a small part of the int8 range). So such a BN is (a) folded into the conv
 before a bilinear resize (the resize weights sum to 1, so ``resize(s*x + t) = s*resize(x)
 + t``), (b) after a concat whose parts are BN/conv outputs, folded slice by slice into
 those parts, (c) after a resize of anything else, moved before the resize
@@ -13,9 +12,11 @@ bias (:class:`ChannelAffine`). A folded BN is left as
 :class:`~sinet_tf.export.passes.graph.FoldedAway` (an identity).
 
 **Residual add -> BN** where the added concat's parts are raw conv outputs (ExtremeC3Net's
-C3 modules: one branch used 2% of the concat's shared int8 range): the BN is folded into
-those convs and only its scale stays on the other addend (:class:`ScaledAdd`, a 1x1
-depthwise conv + ADD). IoU loss on ExtremeC3Net 0.055 -> 0.026.
+C3 modules, whose branches' ranges differ widely under the concat's shared int8 range): the
+BN is folded into those convs and only its scale stays on the other addend
+(:class:`ScaledAdd`, a 1x1 depthwise conv + ADD).
+
+The measurements behind these choices are in ``benchmarks/results/int8_rewrites.md``.
 """
 
 from __future__ import annotations
@@ -200,8 +201,8 @@ class _Plan:
         # x + concat(conv outputs) -> BN: the concat's parts take the affine (their int8
         # ranges then match: each channel normalized), x keeps only the scale (ScaledAdd).
         # Only when some part is a raw conv output (ExtremeC3Net's C3 branches, whose ranges
-        # differ up to 50x); parts that end in their own BN (SINet's S2 blocks) already have
-        # similar ranges, and there the fold measured worse (IoU -0.013 vs +0.002).
+        # differ widely); parts that end in their own BN (SINet's S2 blocks) already have
+        # similar ranges, and there the fold measured worse (benchmarks/results/int8_rewrites.md).
         if isinstance(prev, keras.layers.Add) and self._single(src) and len(self.producers[src]) == 2:
             for i in (0, 1):
                 x, y = self.producers[src][i], self.producers[src][1 - i]

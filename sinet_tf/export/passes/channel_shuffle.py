@@ -2,7 +2,7 @@
 
 The shuffles after SINet's grouped 1x1 convs move into the weights of the per-channel
 layers and 1x1 convs after them: the grouped conv exports as a grouped CONV_2D instead
-of a dense one with half its kernel zero (28x28, 96 -> 48: 0.15 instead of 0.26 ms).
+of a dense one with half its kernel zero (timings in ``benchmarks/results/int8_rewrites.md``).
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ def absorb_channel_shuffles(model: keras.Model, context: RewriteContext | None =
 
     Why: :class:`GroupedPointwiseConv` exports as a dense CONV_2D with half of its kernel
     zero (mobile GPU delegates refused grouped convs with runtime weights; with constant
-    weights the delegate takes them). XNNPACK's int8 grouped conv skips the zero blocks:
-    28x28, 96 -> 48 channels in two groups, 0.15 ms against 0.26 ms dense (float32 dense
-    0.25 ms). ``context`` is not used."""
+    weights the delegate takes them). XNNPACK's int8 grouped conv skips the zero blocks.
+    ``context`` is not used."""
     layers, producers, consumers = read_graph(model)
     inverse, grouped = {}, set()
     for layer in model.layers:

@@ -135,9 +135,11 @@ def compose_affine(first, s, t):
 class RewriteContext:
     """What a pass may use besides the model: calibration ``images`` (``[N, H, W, 3]``
     float32, or None), the :class:`DecomposedPReLU` form ``prelu_mode`` (a mode, a function
-    of a PReLU's alpha that returns one, or ``"auto"``: :func:`auto_prelu_mode`), and the
-    keyword arguments of :func:`equalize_channels`."""
+    of a PReLU's alpha that returns one, or ``"auto"``: :func:`auto_prelu_mode`), the
+    keyword arguments of :func:`equalize_channels`, and the export ``mode`` the passes
+    run for (``"int8"`` or ``"float"``: a pass may choose its form by it)."""
 
     images: np.ndarray | None = None
     prelu_mode: str | Callable = "auto"
     equalization: dict = field(default_factory=dict)
+    mode: str = "int8"

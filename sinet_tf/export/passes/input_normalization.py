@@ -1,6 +1,7 @@
 """Input normalization folded into the first conv.
 
-The normalization (a 1x1 conv 3->3 over the whole image, 0.75 ms in int8) is folded into
+The normalization (a 1x1 conv 3->3 over the whole image, slow in int8: see
+``benchmarks/results/int8_rewrites.md``) is folded into
 the first conv's kernel and bias, and a constant border map restores what the zero
 padding of the normalized image contributed (:class:`OffsetConv2D`, one ADD at the conv's
 output resolution). The int8 conv then reads the camera pixels themselves (scale 1).

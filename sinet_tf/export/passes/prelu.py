@@ -24,7 +24,7 @@ NEAR_RELU = 0.05  # median |alpha| below which a PReLU counts as nearly a ReLU (
 class DecomposedPReLU(keras.layers.Layer):
     """PReLU with a per-channel ``alpha`` (shared over height and width) as ops that
     XNNPACK runs in int8 (int8 PRELU is not delegated: a partition break and the builtin
-    kernel, ~19x the float time). ``signed``: some ``alpha > 1``. Three exact forms:
+    kernel, many times the float time). ``signed``: some ``alpha > 1``. Three exact forms:
 
     ``"add"``: ``PReLU(x) = x + (1 - alpha) relu(-x) = x + relu((alpha - 1) x)`` when every
     ``alpha <= 1`` (signed: ``x + sign(c) relu(-|c| x)``, ``c = 1 - alpha``, one MUL more):
@@ -33,8 +33,8 @@ class DecomposedPReLU(keras.layers.Layer):
     relu(|1 - alpha| x)``): MUL, MUL(+ReLU), ADD.
     ``"depthwise"``: ``"split"`` with each per-channel product a 1x1 depthwise conv.
 
-    ``"add"`` is the fastest (XNNPACK, one thread, 28x28x96 int8: 0.083 ms; depthwise
-    0.224 ms; float32 PRELU 0.053-0.077 ms), but for ``x < 0`` its two terms nearly cancel
+    ``"add"`` is the fastest of the three (timings in ``benchmarks/results/int8_rewrites.md``),
+    but for ``x < 0`` its two terms nearly cancel
     when ``alpha`` is near 0, so the result carries the int8 rounding of both terms;
     ``"split"`` and ``"depthwise"`` compute ``alpha x`` directly (and the ReLU term is
     exactly 0 there). The per-channel constants are rank-1 ``[C]`` tensors (MUL operands

@@ -1,7 +1,9 @@
 """Few-channel full-resolution convs run on 2x2 pixel blocks (:class:`SpaceToDepthConv2D`).
 
-Convs with at most 4 input and 4 output channels, stride 1, "same": SINet's classifier
-2.7 -> 0.9 ms in int8.
+Convs with at most 4 input and 4 output channels, stride 1, "same" (SINet's classifier).
+Not in any export mode's pass list any more: :mod:`~sinet_tf.export.passes.column_blocks`
+does the same job with reshapes that move no data (timings of both in
+``benchmarks/results/int8_rewrites.md`` and ``benchmarks/results/float_rewrites.md``).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ class SpaceToDepthConv2D(keras.layers.Layer):
 
     Why: XNNPACK's int8 convolution pads the input channels of every tap and the output
     channels to its microkernel tiles, so a 224x224 conv 2->2 3x3 (SINet's classifier)
-    costs 2.6 ms in int8 against 0.9 ms in float32; on 112x112 blocks with 8 -> 8
-    channels it is 0.65 ms, plus 0.09 + 0.08 ms for SPACE_TO_DEPTH and DEPTH_TO_SPACE
-    (both GPU-delegate ops)."""
+    costs several times its float32 time in int8; on 112x112 blocks with 8 -> 8 channels
+    it is a fraction of that, plus SPACE_TO_DEPTH and DEPTH_TO_SPACE (both GPU-delegate
+    ops)."""
 
     def __init__(self, filters: int, kernel_size: int = 3, activation=None, **kwargs):
         super().__init__(**kwargs)
