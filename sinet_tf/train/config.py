@@ -59,6 +59,10 @@ class StageConfig:
     early_stopping_patience: int | None = None
     jit_compile: Any = False
     run_eagerly: bool = False                      # debugging / tiny test runs (no graph tracing)
+    lr_multipliers: dict = field(default_factory=dict)   # {weight-path pattern: factor} (train/param_groups.py)
+    teacher: str | None = None                     # distillation (train/distill.py): init, .keras, .tflite or preset
+    teacher_resize: bool = False                   # resize the batch to a teacher of another input size
+    teacher_input_range: tuple[float, float] | None = None   # .tflite teacher's pixel range (default: its own)
 
 
 @dataclass
@@ -72,6 +76,8 @@ class TrainConfig:
     mixed_precision: Any = "auto"                  # auto: on when a GPU is present
     strategy: str = "default"
     on_bad_sample: str = "raise"
+    extra_data: str | None = None                  # more training examples (a dataset or synthetic:N), after `data`'s
+    copy_paste: int = 0                            # copy-paste composites appended to the training set (data/composite.py)
     recipe: str = ""
 
     def to_dict(self) -> dict:
@@ -182,6 +188,20 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
                                                           for k, v in stage.augment.items()})
             except ValueError as e:
                 raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
+        if stage.lr_multipliers:
+            from sinet_tf.train.param_groups import check_lr_multipliers
+
+            try:
+                stage.lr_multipliers = check_lr_multipliers(stage.lr_multipliers)
+            except ValueError as e:
+                raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
+        if stage.teacher or "kd" in str(stage.loss):
+            from sinet_tf.train.distill import check_stage
+
+            try:
+                check_stage(stage)
+            except ValueError as e:
+                raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
         if stage.init and stage.init.startswith("stage:") and stage.init[6:] not in [s.name for s in stages]:
             raise RecipeError(f"{path}: stage {stage.name!r} initializes from {stage.init!r}, "
                               f"which is not an earlier stage ({', '.join(s.name for s in stages) or 'none'})")
@@ -192,6 +212,8 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
     config = TrainConfig(stages=stages, recipe=str(path), **top)
     if config.strategy not in ("default", "mirrored", "multiworker", "tpu"):
         raise RecipeError(f"{path}: strategy must be default, mirrored, multiworker or tpu, got {config.strategy!r}")
+    if isinstance(config.copy_paste, bool) or not isinstance(config.copy_paste, int) or config.copy_paste < 0:
+        raise RecipeError(f"{path}: copy_paste must be an integer >= 0 (composites to add), got {config.copy_paste!r}")
     if config.on_bad_sample not in ("raise", "skip"):
         raise RecipeError(f"{path}: on_bad_sample must be 'raise' or 'skip', got {config.on_bad_sample!r}")
     return config
