@@ -121,7 +121,7 @@ def score(model) -> dict:
 
 
 # name -> (what it is, recipe overrides on training/sinet_finetune.yaml's stage "finetune")
-MP = "export/peers/models/selfie_segmentation.tflite"
+MP = "training/teachers/mediapipe_selfie_segmentation.tflite"
 CANDIDATES = {
     "baseline": ("sinet_finetune.yaml as it was: ce + boundary, whole network at one learning rate", []),
     "kd_mediapipe": ("+ 1.0 x kd (T=2) from MediaPipe's selfie model (256x256, resized)",

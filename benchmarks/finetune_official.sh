@@ -16,7 +16,7 @@ print(load_recipe(sys.argv[1], overrides=sys.argv[2:]).stages[0].teacher or "")
 PY
 )
 if [[ "$teacher" == *.tflite && ! -f "$teacher" ]]; then
-  echo "the recipe's teacher $teacher is missing: bash export/peers/get_mediapipe_selfie.sh writes it" >&2
+  echo "the recipe's teacher $teacher is missing: training/teachers/README.md says where it comes from" >&2
   exit 2
 fi
 mkdir -p "$(dirname "$out")"

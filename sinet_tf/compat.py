@@ -18,7 +18,7 @@ from io import StringIO
 
 __all__ = ["StackChanged", "freeze_concrete_function", "converter_from_frozen_function", "calibrate_only",
            "quantize_calibrated", "layer_input_producers", "optimizer_variable_key", "interpreter_ops",
-           "xla_window_gather"]
+           "xla_window_gather", "multiworker_fit_builds_locally"]
 
 TESTED_WITH = "TensorFlow 2.21, Keras 3.15, ai-edge-litert 2.3"
 
@@ -136,3 +136,69 @@ def xla_window_gather(flat, starts, window: int):
         dims = tfxla.xla_data_pb2.GatherDimensionNumbers(offset_dims=[rank], collapsed_slice_dims=[],
                                                          start_index_map=[0], index_vector_dim=rank)
         return tfxla.gather(flat, starts, dims, [window], True)
+
+
+_LOCAL_BUILD_PATCHED = False
+
+
+def multiworker_fit_builds_locally() -> None:
+    """Make Keras' ``fit`` / ``evaluate`` work under ``MultiWorkerMirroredStrategy``; two
+    places of Keras 3's TensorFlow trainer fail there as soon as there are two workers
+    (keras-team/keras#20585):
+
+    * a model is built from its first batch reduced across replicas,
+      ``strategy.reduce("MEAN", (x, y))`` (``TensorFlowTrainer._maybe_symbolic_build``), and
+      the collective strategy's ``reduce`` takes no nested structure ("Attempt to convert a
+      value (PerReplica...) to a Tensor"). The build needs shapes and dtypes only: this
+      worker's first local replica's batch is used instead.
+    * every step's logs (scalars: the loss, the metrics' results) are averaged over workers
+      with ``strategy.reduce("MEAN", v, axis=0)`` (``trainer.reduce_per_replica``), which a
+      scalar has no axis 0 for; scalars are averaged with ``axis=None`` instead (the same
+      mean over replicas; tensors with a batch axis keep Keras' own code).
+
+    Other strategies keep Keras' own code. Idempotent."""
+    global _LOCAL_BUILD_PATCHED
+    if _LOCAL_BUILD_PATCHED:
+        return
+    with _private("keras.src.backend.tensorflow.trainer.TensorFlowTrainer._maybe_symbolic_build"):
+        import tensorflow as tf
+        from keras.src import tree
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+        original = TensorFlowTrainer._maybe_symbolic_build
+        original_reduce = tf_trainer.reduce_per_replica
+        if original.__code__.co_varnames[:3] != ("self", "iterator", "data_batch"):
+            raise TypeError(f"_maybe_symbolic_build{original.__code__.co_varnames[:3]} has another signature")
+
+        def maybe_symbolic_build(self, iterator=None, data_batch=None):
+            strategy = self._distribute_strategy
+            if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                return original(self, iterator=iterator, data_batch=data_batch)
+            if iterator is not None:
+                for _, _, it in iterator:
+                    data_batch = tree.map_structure(
+                        lambda v: strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                    break
+            with strategy.scope():
+                self._symbolic_build(data_batch=data_batch)
+
+        def reduce_per_replica(values, strategy, reduction):
+            if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                    and reduction in ("auto", "mean")):
+                return original_reduce(values, strategy, reduction)
+
+            def scalar_mean(v):
+                local = strategy.experimental_local_results(v)[0] if isinstance(
+                    v, tf.distribute.DistributedValues) else v
+                if getattr(local, "shape", None) is not None and local.shape.rank == 0:
+                    return strategy.reduce("MEAN", v, axis=None)
+                return original_reduce(v, strategy, reduction)
+
+            return tree.map_structure(scalar_mean, values)
+
+        TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+        tf_trainer.reduce_per_replica = reduce_per_replica
+    _LOCAL_BUILD_PATCHED = True
+

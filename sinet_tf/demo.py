@@ -7,7 +7,9 @@
    (so the number of epochs, and the result, depend on the machine's speed);
 2. evaluate the best model (:func:`sinet_tf.evaluate.evaluate`, full-size ground truth);
 3. export float32 and int8 ``.tflite`` files (:func:`sinet_tf.export.export_tflite`, int8
-   calibrated on the training images) with the GPU-delegate check;
+   calibrated on the training images, the calibration chosen by parity on the validation
+   photos, quantization-aware fine-tuning when none meets the gate, and the gate itself:
+   a model int8 cannot keep stops the demo with exit code 7) with the GPU-delegate check;
 4. evaluate both exports the same way;
 5. benchmark both (:func:`sinet_tf.bench.benchmark`, same interpreter and threads);
 6. write ``report.md`` with plots (training curves, latency, example overlays) and
@@ -24,6 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from sinet_tf.bench import benchmark
+from sinet_tf.data.sources import open_source
+from sinet_tf.evaluate import evaluate
+from sinet_tf.export import export_tflite
+from sinet_tf.export.qat import QATSettings
+from sinet_tf.files import write_atomic
+from sinet_tf.inference import Segmenter
+from sinet_tf.train import StageConfig, TrainConfig, train
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -91,8 +102,6 @@ def _timed_training_callback(seconds: float, base_lr: float, floor: float = 0.05
 
 
 def _recipe(data: str, s: DemoSettings):
-    from sinet_tf.train import StageConfig, TrainConfig
-
     stage = StageConfig(
         name="train", model="sinet", input_size=(s.input_size, s.input_size), epochs=1000,
         batch_size=s.batch_size, learning_rate=s.learning_rate, lr_milestones=(), weight_decay=1e-4,
@@ -100,6 +109,13 @@ def _recipe(data: str, s: DemoSettings):
         augment=False,  # a few epochs over varied portraits do not overfit; augmenting would cost CPU time
         run_eagerly=s.run_eagerly)
     return TrainConfig(stages=[stage], data=data, seed=0, mixed_precision=False, recipe="sinet demo")
+
+
+def _qat_settings(data: str, s: DemoSettings):
+    """Quantization-aware fine-tuning if no post-training calibration meets the gate: two
+    epochs of the demo's own recipe at the learning rate its cosine ends on."""
+    return QATSettings(data=data, epochs=2, loss="ce + 1.0 * boundary(window=5)", batch_size=s.batch_size,
+                       learning_rate=0.05 * s.learning_rate, augment=False, seed=0, recipe="sinet demo")
 
 
 def _history(path: Path) -> list[dict]:
@@ -166,9 +182,6 @@ def _plot_examples(model_path: Path, data: str, count: int, path: Path) -> list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sinet_tf.data.sources import open_source
-    from sinet_tf.inference import Segmenter
-
     segmenter = Segmenter(model_path)
     source = open_source(data, "val", seed=0)
     idx = np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int)
@@ -205,7 +218,6 @@ def _fmt(x, digits=4):
 
 
 def _write_report(out: Path, m: dict, plots: dict) -> Path:
-    from sinet_tf.files import write_atomic
 
     t, ev, ex = m["training"], m["evaluation"], m["export"]
     lines = [
@@ -227,11 +239,19 @@ def _write_report(out: Path, m: dict, plots: dict) -> Path:
         gpu = ("all ops compatible" if ex[key]["gpu_compatible"] else "NOT compatible") if key in ex else ""
         lines.append(f"| {label} | `{Path(e['model']).name}` | {size / 1024:.0f} KiB | {_fmt(e['person_iou'])} | "
                      f"{_fmt(e['miou'])} | {_fmt(e['pixel_accuracy'])} | {_fmt(e['boundary_f'])} | {gpu} |")
+    cal = ex["int8"]["calibration"]
+    tried = ", ".join(f"{c['name']} {c['drop']:+.4f}" if c.get("drop") is not None else f"{c['name']} (not scored)"
+                      for c in cal["candidates"])
     lines += [
         "",
         f"int8 vs float32: person IoU {ev['int8']['person_iou'] - ev['fp32']['person_iou']:+.4f}. "
         "The GPU-delegate verdict applies the TFLite GPU delegate's op rules to every op "
         "(`sinet check-gpu FILE`).",
+        "",
+        f"int8 calibration: **{cal['chosen']}**, chosen by parity with the Keras model on {cal['parity_images']} "
+        f"(person IoU lost per candidate: {tried}); gate --max-drop {cal['max_drop']:g}: {cal['gate']}"
+        + (f"; quantization-aware fine-tuning: {cal['qat']['epochs']} epochs, {cal['qat']['train_seconds']:.0f} s"
+           if cal.get("qat") else "") + ".",
         "",
         "## Training",
         "",
@@ -293,8 +313,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
 
     from rich.console import Console
 
-    from sinet_tf.files import write_atomic
-
     console = Console()
 
     def log(text):
@@ -321,7 +339,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
 
     # 1. train
     t = step(1, f"training SINet {s.input_size}x{s.input_size} on {data} for about {s.minutes:g} min")
-    from sinet_tf.train import train
 
     budget = _timed_training_callback(s.minutes * 60, s.learning_rate, log=log)
     summary = train(_recipe(data, s), run_dir, verbose=1 if console.is_terminal else 2, log=log,
@@ -335,7 +352,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
                 "images_per_s": stage["images_per_s"], "run_dir": str(run_dir)}
 
     # 2. evaluate
-    from sinet_tf.evaluate import evaluate
 
     t = step(2, f"evaluating {best.name} on the validation split")
     evaluation = {"keras": evaluate(best, data, split="val", progress=True)}
@@ -343,20 +359,24 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
     wall["evaluate"] = time.perf_counter() - t
 
     # 3. export
-    from sinet_tf.export import export_tflite
 
     t = step(3, "exporting float32 and int8 .tflite (GPU-delegate check, parity with Keras)")
     files = {"fp32": out / "sinet_demo_fp32.tflite", "int8": out / "sinet_demo_int8.tflite"}
     export = {}
     for key, quantize in (("fp32", "none"), ("int8", "int8")):
-        kw = dict(calibration_data=data, calibration_split="train", num_calibration=s.num_calibration) \
-            if quantize == "int8" else {}
+        kw = dict(calibration_data=data, calibration_split="train", num_calibration=s.num_calibration,
+                  qat=_qat_settings(data, s), log=log) if quantize == "int8" else {}
         report = export_tflite(best, files[key], quantize=quantize, parity_data=data, parity_split="val",
                                num_parity=s.num_parity, **kw)
         log(report.summary())
         export[key] = {"file": str(files[key]), "size_bytes": report.size_bytes,
                        "gpu_compatible": bool(report.gpu.compatible), "parity": report.parity,
                        "convert_seconds": round(report.convert_seconds, 2)}
+        if quantize == "int8":
+            info = report.extra["int8"]
+            export[key]["calibration"] = {"chosen": info["chosen"], "gate": info["gate"], "max_drop": info["max_drop"],
+                                          "parity_images": info["parity_images"],
+                                          "candidates": info["candidates"], "qat": info["qat"]}
     wall["export"] = time.perf_counter() - t
 
     # 4. evaluate the exports
@@ -367,7 +387,6 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
     wall["evaluate_tflite"] = time.perf_counter() - t
 
     # 5. benchmark
-    from sinet_tf.bench import benchmark
 
     t = step(5, f"benchmarking both files ({s.threads} threads, {s.bench_runs} runs)")
     rows = benchmark([str(files["fp32"]), str(files["int8"])], threads=(s.threads,), warmup=s.bench_warmup,

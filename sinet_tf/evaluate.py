@@ -23,10 +23,12 @@ __all__ = ["evaluate"]
 
 def evaluate(model, data, split: str | None = "val", weights=None, boundary_width: int = 3,
              gallery: str | Path | None = None, worst: int = 8, progress: bool = False,
-             num_images: int | None = None) -> dict:
+             num_images: int | None = None, on_metrics=None) -> dict:
     """Metrics of ``model`` (``.keras``, ``.tflite``, registry name + ``weights``, or a
     :class:`~sinet_tf.inference.Segmenter`) on ``data`` (a dataset path or ``synthetic``);
-    on its first ``num_images`` images when given."""
+    on its first ``num_images`` images when given. ``on_metrics(result)`` is called with
+    the metrics before the gallery is written, so a gallery that cannot be written loses
+    nothing that was computed."""
     segmenter = model if isinstance(model, Segmenter) else Segmenter(model, weights=weights)
     source = open_source(data, split, seed=0)
     if len(source) == 0:
@@ -36,9 +38,9 @@ def evaluate(model, data, split: str | None = "val", weights=None, boundary_widt
         raise ValueError(f"num_images must be at least 1, got {num_images}")
     indices = range(len(source) if num_images is None else min(num_images, len(source)))
     if progress:
-        from rich.progress import track
+        from sinet_tf.progress import progress as bar
 
-        indices = track(indices, description=f"evaluating on {len(indices)} images")
+        indices = bar(indices, f"evaluating on {len(indices)} images")
     for i in indices:
         image, label = source.read(i)
         metrics.update(segmenter.mask(image), label)
@@ -46,6 +48,8 @@ def evaluate(model, data, split: str | None = "val", weights=None, boundary_widt
     out = {"model": str(getattr(segmenter, "source", model)), "data": str(data), "split": split,
            **{k: float(result[k]) for k in ("person_iou", "miou", "pixel_accuracy", "boundary_f")},
            "n_images": int(result["n_images"])}
+    if on_metrics is not None:
+        on_metrics(dict(out))
     if gallery:
         out["gallery"] = _write_gallery(Path(gallery), source, segmenter, result["per_image_iou"], worst)
     return out

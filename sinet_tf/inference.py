@@ -70,6 +70,10 @@ class Segmenter:
             if weights is not None:
                 raise ValueError(f"--weights applies to Keras models, not to {self.source}")
             self._tflite = TFLiteRunner(self.source)
+            if len(self._tflite.input_details) != 1:
+                raise ValueError(f"{self.source}: takes {len(self._tflite.input_details)} inputs (a 'sinet export "
+                                 "--temporal ema' file also takes the previous matte); this runs one-input models: "
+                                 "export without --temporal and smooth with 'sinet predict --temporal ema'")
             self.output_kind = self._tflite.output_kind
             shape = self._tflite.input_shape
         else:

@@ -16,12 +16,20 @@ Outputs in the output folder, each written to a temporary file and renamed:
 Composites blend with the soft matte: ``matte * photo + (1 - matte) * background``, where
 the background (:func:`parse_background`) is the photo blurred, a colour, or an image
 scaled to cover the frame.
+
+Every frame goes through :class:`sinet_tf.postprocess.MattePipeline`: the model, then for
+videos and webcams temporal smoothing (``temporal``: ``none``, ``ema`` or ``flow``, default
+:data:`~sinet_tf.postprocess.DEFAULT_TEMPORAL`, see :mod:`sinet_tf.postprocess.temporal`),
+then the probability back at the frame's size, with edge refinement guided by the photo
+(``refine``: ``guided``, the default, or ``none``; :mod:`sinet_tf.postprocess.refine`).
+A video whose frames change size is an error naming the file and the frame.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,10 +38,14 @@ import cv2
 import numpy as np
 
 from sinet_tf.files import IMAGE_SUFFIXES, atomic_path, read_rgb, write_image_atomic
+from sinet_tf.postprocess import (DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_STRENGTH, DEFAULT_TEMPORAL, REFINE_MODES,
+                                  TEMPORAL_MODES, MattePipeline, MattePostprocessor)
 
-__all__ = ["VIDEO_SUFFIXES", "PredictInput", "expand_inputs", "parse_background", "composite", "predict"]
+__all__ = ["DEFAULT_REFINE", "VIDEO_SUFFIXES", "InputsFailed", "PredictInput", "check_threshold", "expand_inputs",
+           "parse_background", "composite", "predict", "postprocessors"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+DEFAULT_REFINE = "guided"
 _FALLBACK_FPS = 30.0
 
 
@@ -146,9 +158,12 @@ def composite(image: np.ndarray, probability: np.ndarray, background: np.ndarray
 # --------------------------------------------------------------------------- photos
 
 
-def _predict_image(segmenter, item: PredictInput, out_dir: Path, threshold: float, background) -> list[Path]:
-    image = read_rgb(item.source)
-    prob = segmenter.person_probability(image)
+def _predict_image(pipeline, item: PredictInput, out_dir: Path, threshold: float, background) -> list[Path]:
+    try:
+        image = read_rgb(item.source)
+    except OSError as e:   # e.g. no read permission: a problem of this input, not of the run
+        raise ValueError(f"{item.source}: cannot read it ({e.strerror or e})") from None
+    prob = pipeline(image)
     mask = (prob > threshold).astype(np.uint8)
     written = [write_image_atomic(mask * 255, out_dir / f"{item.stem}_mask.png"),
                write_image_atomic(np.clip(np.rint(prob * 255), 0, 255).astype(np.uint8),
@@ -199,11 +214,12 @@ def _video_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWri
     return writer
 
 
-def _predict_video(segmenter, item: PredictInput, out_dir: Path, threshold: float, background,
+def _predict_video(pipeline, item: PredictInput, out_dir: Path, threshold: float, background,
                    max_frames: int | None) -> list[Path]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     cap = _open_capture(item)
+    pipeline.reset()
     try:
         ok, frame = cap.read()
         if not ok or frame is None:
@@ -233,9 +249,12 @@ def _predict_video(segmenter, item: PredictInput, out_dir: Path, threshold: floa
                     try:
                         while ok and (not max_frames or n < max_frames):
                             if frame.shape[:2] != (h, w):
-                                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+                                raise ValueError(
+                                    f"{item}: frame {n} (counting from 0) is {frame.shape[1]}x{frame.shape[0]}, "
+                                    f"but the video started at {w}x{h}; videos whose frames change size are not "
+                                    f"supported (re-encode it at one size: ffmpeg -i IN -vf scale={w}:{h} OUT.mp4)")
                             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                            prob = segmenter.person_probability(rgb)
+                            prob = pipeline(rgb)
                             writers[0].write(np.repeat(((prob > threshold) * 255).astype(np.uint8)[..., None], 3, -1))
                             if background is not None:
                                 writers[1].write(cv2.cvtColor(composite(rgb, prob, background(rgb)),
@@ -254,32 +273,95 @@ def _predict_video(segmenter, item: PredictInput, out_dir: Path, threshold: floa
         cap.release()
     if item.kind == "video" and count > 0 and n < min(count, max_frames or count) - 1:
         print(f"{item}: warning: the file announces {count} frames but only {n} could be decoded")
+    post = pipeline.post
+    smoothing = "no temporal smoothing" if post.temporal == "none" else \
+        f"temporal {post.temporal} {post.smoother.strength:g}"
     print(f"{item} -> {', '.join(p.name for p in targets)} in {out_dir} ({n} frames at {fps:g} fps, "
-          f"{w}x{h}; audio is not carried over)")
+          f"{w}x{h}; {smoothing}, refine {post.refine}; audio is not carried over)")
     return targets
 
 
 # --------------------------------------------------------------------------- entry point
 
 
+class InputsFailed(ValueError):
+    """Some inputs could not be segmented (the others were): ``failed`` holds ``(input,
+    message)`` pairs, ``total`` the number of inputs."""
+
+    def __init__(self, failed: list[tuple[PredictInput, str]], total: int):
+        self.failed, self.total = failed, total
+        if len(failed) == 1 and total == 1:
+            text = failed[0][1]
+        else:
+            text = (f"{len(failed)} of {total} inputs failed: "
+                    + "; ".join(f"{item}: {message}" for item, message in failed))
+        super().__init__(text)
+
+
+def check_threshold(threshold: float) -> float:
+    """A person-probability threshold strictly between 0 and 1 (at 0 or 1 and beyond, the
+    mask is all person or empty whatever the photo)."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"--threshold {threshold:g}: expected a probability strictly between 0 and 1 "
+                         "(default 0.5)")
+    return float(threshold)
+
+
+def postprocessors(temporal: str = DEFAULT_TEMPORAL, temporal_strength: float = DEFAULT_STRENGTH,
+                   refine: str = DEFAULT_REFINE, refine_radius: int = DEFAULT_RADIUS,
+                   refine_eps: float = DEFAULT_EPS) -> tuple[MattePostprocessor, MattePostprocessor]:
+    """The post-processing for photos (no temporal smoothing) and for videos, validated:
+    a bad value is a one-line ``ValueError`` naming the flag and the value."""
+    if temporal not in TEMPORAL_MODES:
+        raise ValueError(f"--temporal {temporal!r}: choose one of {', '.join(TEMPORAL_MODES)}")
+    if refine not in REFINE_MODES:
+        raise ValueError(f"--refine {refine!r}: choose one of {', '.join(REFINE_MODES)}")
+    video = MattePostprocessor(temporal, temporal_strength, refine, refine_radius, refine_eps)
+    return MattePostprocessor("none", 0.0, refine, refine_radius, refine_eps), video
+
+
 def predict(segmenter, inputs, output, threshold: float = 0.5, background: str | None = None,
-            max_frames: int | None = None) -> list[Path]:
+            max_frames: int | None = None, temporal: str = DEFAULT_TEMPORAL,
+            temporal_strength: float = DEFAULT_STRENGTH, refine: str = DEFAULT_REFINE,
+            refine_radius: int = DEFAULT_RADIUS, refine_eps: float = DEFAULT_EPS) -> list[Path]:
     """Segment every input (see the module docstring) with ``segmenter`` (a
     :class:`~sinet_tf.inference.Segmenter`) into the folder ``output``; returns the files
-    written. ``max_frames`` stops videos and webcams after that many frames."""
+    written. ``max_frames`` stops videos and webcams after that many frames; ``temporal``
+    and ``temporal_strength`` smooth videos and webcams over time, ``refine`` (with
+    ``refine_radius``, ``refine_eps``) refines edges with the photo as guide
+    (:mod:`sinet_tf.postprocess`)."""
     from rich.progress import track
 
+    check_threshold(threshold)
     items = expand_inputs(inputs)
     make_background = parse_background(background)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--frames must be at least 1, got {max_frames}")
+    photo_post, video_post = postprocessors(temporal, temporal_strength, refine, refine_radius, refine_eps)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    failed: list[tuple[PredictInput, str]] = []
+
+    def attempt(item, run):
+        # a photo or video that cannot be read is reported and skipped; the output folder's
+        # errors (permissions, full disk) end the run, as every later input would fail the same way
+        try:
+            written.extend(run())
+        except ValueError as e:
+            failed.append((item, str(e)))
+            if len(items) > 1:
+                print(f"{item}: error: {e}", file=sys.stderr, flush=True)
+
     images = [x for x in items if x.kind == "image"]
+    photo_pipeline = MattePipeline(segmenter, photo_post)
     for item in track(images, description="segmenting photos", disable=len(images) < 2):
-        written += _predict_image(segmenter, item, out_dir, threshold, make_background)
+        attempt(item, lambda: _predict_image(photo_pipeline, item, out_dir, threshold, make_background))
+    video_pipeline = MattePipeline(segmenter, video_post)
     for item in items:
         if item.kind != "image":
-            written += _predict_video(segmenter, item, out_dir, threshold, make_background, max_frames)
+            attempt(item, lambda: _predict_video(video_pipeline, item, out_dir, threshold, make_background,
+                                                 max_frames))
+    if failed:
+        raise InputsFailed(failed, len(items))
     return written

@@ -1,4 +1,6 @@
-"""The registered models as test cases, shared by the registry-looping test modules."""
+"""The registered models as test cases, shared by the registry-looping test modules, and the
+helpers every parity check uses: BatchNorm statistics from data and a comparison whose
+tolerance follows the output's scale."""
 
 import math
 
@@ -33,12 +35,62 @@ def pixels(seed, shape, batch=1):
     return np.random.default_rng(seed).uniform(0, 255, (batch, *shape)).astype(np.float32)
 
 
-def small_model_fixture(params):
-    """A module-scoped ``small_model`` fixture over ``params``: each model at its small input."""
+def batchnorm_from_data(model, images):
+    """Set every BatchNormalization's moving statistics to the batch statistics of ``images``
+    (one training-mode pass with momentum 0; dropout off for it, so the pass is
+    deterministic), as a trained network's are. A randomly initialized network's
+    activations otherwise shrink layer after layer: the untrained zoo models output 1e-7
+    to 1e-15 at the test inputs, where any output, zeros included, passes an absolute
+    tolerance. Returns ``model``."""
+    from sinet_tf.model_cost import iter_layers
+
+    layers = list(iter_layers(model))
+    norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    drops = [layer for layer in layers if isinstance(layer, keras.layers.Dropout)]
+    momenta, rates = [layer.momentum for layer in norms], [layer.rate for layer in drops]
+    for layer in norms:
+        layer.momentum = 0.0
+    for layer in drops:
+        layer.rate = 0.0
+    model(images, training=True)
+    for layer, m in zip(norms, momenta):
+        layer.momentum = m
+    for layer, r in zip(drops, rates):
+        layer.rate = r
+    return model
+
+
+# An output whose largest magnitude is below this is "about zero": a parity check on it
+# compares nothing (a converter that returned zeros would pass).
+MIN_OUTPUT_SCALE = 1e-3
+
+
+def assert_outputs_match(actual, reference, rtol=1e-4, what="output"):
+    """``actual`` equals ``reference`` within ``rtol`` times the reference's largest
+    magnitude, and that magnitude is not about zero (at least :data:`MIN_OUTPUT_SCALE`), so
+    an all-zero or constant ``actual`` cannot pass. Float32 conversions and save/load
+    round trips differ from Keras by about 1e-6 of the scale."""
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    assert actual.shape == reference.shape, f"{what}: shape {actual.shape} != {reference.shape}"
+    scale = float(np.abs(reference).max())
+    assert np.isfinite(reference).all() and scale >= MIN_OUTPUT_SCALE, (
+        f"{what}: the reference output is about zero (max |y| = {scale:.3g}); the comparison would test nothing")
+    err = float(np.abs(actual - reference).max())
+    print(f"{what}: max |y| {scale:.4g}, max |error| {err:.3g} ({err / scale:.2e} of the scale)")
+    assert err <= rtol * scale, f"{what}: max |error| {err:.3g} > {rtol:g} x max |y| ({scale:.4g})"
+
+
+def small_model_fixture(params, calibrate=True):
+    """A module-scoped ``small_model`` fixture over ``params``: each model at its small input,
+    its BatchNorm statistics set from four random photos (:func:`batchnorm_from_data`) unless
+    ``calibrate`` is false."""
     @pytest.fixture(scope="module", params=params, name="small_model")
     def fixture(request):
         keras.utils.set_random_seed(0)
-        return sinet_tf.build_model(request.param, input_shape=small_shape(request.param))
+        model = sinet_tf.build_model(request.param, input_shape=small_shape(request.param))
+        if calibrate:
+            batchnorm_from_data(model, pixels(100, model.input_shape[1:], batch=4))
+        return model
 
     return fixture
 

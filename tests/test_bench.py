@@ -270,3 +270,41 @@ def test_evaluate_first_images(tiny):
     assert evaluate(str(tiny.small), "synthetic:20", split="val", num_images=2)["n_images"] == 2
     with pytest.raises(ValueError, match="num_images"):
         evaluate(str(tiny.small), "synthetic:20", split="val", num_images=0)
+
+
+def test_adb_shell_command_line_is_quoted(tmp_path):
+    """The phone's shell gets one command line; split by a real sh it gives back exactly the
+    arguments, and a ';' in a file name runs nothing."""
+    import subprocess
+
+    argv = ["/data/local/tmp/benchmark_model", "--graph=/data/local/tmp/my model;touch pwned.tflite", "--x=$HOME"]
+    cmd = android.shell_command("adb", "R58M", *argv)
+    assert cmd[:4] == ["adb", "-s", "R58M", "shell"] and len(cmd) == 5
+    out = subprocess.run(["sh", "-c", f"set -- {cmd[-1]}; printf '%s\\n' \"$@\""], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == argv and not (tmp_path / "pwned.tflite").exists()
+    assert android.device_file_name(3, "/x/my model;rm -rf.tflite") == "sinet_bench_3_my_model_rm_-rf.tflite"
+
+
+def test_adb_with_unsafe_model_file_name(tiny, tmp_path, monkeypatch, capsys):
+    bin_dir = _fake_adb(tmp_path / "bin", "List of devices attached\nR58M\tdevice\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    model = tmp_path / "my model;touch pwned.tflite"
+    model.write_bytes(tiny.small.read_bytes())
+    assert main(["bench", str(model), "--adb", "--json"]) == 0
+    calls = (bin_dir / "calls.txt").read_text().splitlines()
+    dest = "/data/local/tmp/sinet_bench_0_my_model_touch_pwned.tflite"
+    assert f"-s R58M push {model} {dest}" in calls
+    assert any(c.startswith(f"-s R58M shell /data/local/tmp/benchmark_model --graph={dest} ") for c in calls)
+    assert not (tmp_path / "pwned.tflite").exists()
+
+
+def test_input_range_that_does_not_fit_an_integer_input_is_refused(tiny, capsys):
+    """A uint8 input of scale 1 holds pixels 0..255: --input-range 0,1 would feed every photo
+    as two grey levels and score it silently wrong."""
+    code = main(["bench", str(tiny.int8), "--input-range", "0,1", "--runs", "1", "--warmup", "0", "--no-memory"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--input-range 0,1" in err and "uint8" in err and "Leave --input-range out" in err
+    code = main(["bench", str(tiny.int8), "--input-range", "0,255", "--runs", "1", "--warmup", "0", "--no-memory",
+                 "--json"])
+    assert code == 0

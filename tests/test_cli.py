@@ -104,13 +104,13 @@ def test_predict_from_registry_name_and_weights(capsys, workdir, sinet_checkpoin
     np.testing.assert_array_equal(a, b)
 
 
-def test_clear_errors(capsys, tmp_path, extremec3_checkpoint, humanseg):
+def test_clear_errors(capsys, tmp_path, extremec3_checkpoint, humanseg, official_keras):
     code, _, err = _run(capsys, "predict", "sinett", humanseg / "images" / "1.jpg", "-o", tmp_path)
     assert code == 2 and "unknown model 'sinett'" in err and "did you mean 'sinet'" in err
 
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("this is text")
-    code, _, err = _run(capsys, "predict", "sinet", not_image, "-o", tmp_path / "o")
+    code, _, err = _run(capsys, "predict", official_keras, not_image, "-o", tmp_path / "o")
     assert code == 2 and "notes.jpg" in err and "cannot decode" in err
 
     code, _, err = _run(capsys, "predict", "sinet", tmp_path / "missing.jpg", "-o", tmp_path / "o")
@@ -123,6 +123,7 @@ def test_clear_errors(capsys, tmp_path, extremec3_checkpoint, humanseg):
     fake.write_bytes(b"not a zip")
     code, _, err = _run(capsys, "predict", fake, humanseg / "images" / "1.jpg", "-o", tmp_path / "o")
     assert code == 2 and "fake.keras" in err and "not a loadable Keras model" in err
+    assert "a text file starting with 'not a zip'" in err and "not found" not in err.lower()
 
 
 def test_failed_write_keeps_the_existing_output(capsys, tmp_path, extremec3_checkpoint):
@@ -144,3 +145,187 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+# ---- the error funnel: one line, an exit code per kind of failure ---------------------------
+
+
+def test_help_lists_the_exit_codes(capsys):
+    from sinet_tf.cli import EXIT_CODES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit codes:" in out
+    for code in EXIT_CODES:
+        assert f"\n  {code:>3}  " in out
+    assert len(set(EXIT_CODES)) == len(EXIT_CODES) == 9  # 0-7 (7: the int8 gate) and 130
+    assert "--max-drop" in EXIT_CODES[7]
+
+
+def _one_line_error(err: str, command: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith(f"sinet {command}: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_os_errors_end_in_one_line_with_exit_5(capsys, tmp_path, monkeypatch, sinet_checkpoint):
+    import errno
+    import os
+
+    import sinet_tf.files as files
+
+    out = tmp_path / "model.keras"
+    out.write_bytes(b"previous content")
+    real_replace = os.replace
+
+    def refuse(src, dst, *a, **k):
+        if str(dst).endswith(".keras"):
+            raise OSError(errno.EROFS, "Read-only file system", str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(files.os, "replace", refuse)
+    code, _, err = _run(capsys, "import-weights", "sinet", sinet_checkpoint, "-o", out)
+    line = _one_line_error(err, "import-weights")
+    assert code == 5 and f"{out}: read-only file system" in line
+    assert out.read_bytes() == b"previous content" and [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+
+    def full(src, dst, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(files.os, "replace", full)
+    code, _, err = _run(capsys, "import-weights", "sinet", sinet_checkpoint, "-o", out)
+    assert code == 5 and "no space left on the device" in _one_line_error(err, "import-weights")
+    assert out.read_bytes() == b"previous content"
+
+
+def test_outputs_of_the_wrong_kind_are_named(capsys, tmp_path, sinet_checkpoint, humanseg, official_keras):
+    folder = tmp_path / "a_folder.keras"
+    folder.mkdir()
+    code, _, err = _run(capsys, "import-weights", "sinet", sinet_checkpoint, "-o", folder)
+    assert code == 2 and f"-o {folder}: is a folder; give a file name" in _one_line_error(err, "import-weights")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    code, _, err = _run(capsys, "predict", official_keras, humanseg / "images" / "1.jpg", "-o", a_file)
+    assert code == 2 and f"-o {a_file}: is a file; give a folder" in _one_line_error(err, "predict")
+    code, _, err = _run(capsys, "import-weights", "sinet", sinet_checkpoint, "-o", a_file / "m.keras")
+    assert code == 2 and f"{a_file} is a file, not a folder" in _one_line_error(err, "import-weights")
+    code, _, err = _run(capsys, "evaluate", official_keras, "--data", "synthetic:5", "--gallery", a_file)
+    assert code == 2 and "--gallery" in _one_line_error(err, "evaluate")
+
+
+def test_interrupt_and_internal_errors(capsys, monkeypatch):
+    import sinet_tf.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def bug(args):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(cli, "cmd_check_gpu", interrupted)
+    code, _, err = _run(capsys, "check-gpu", "x.tflite")
+    assert code == 130 and _one_line_error(err, "check-gpu").endswith("interrupted")
+    monkeypatch.setattr(cli, "cmd_check_gpu", bug)
+    code, _, err = _run(capsys, "check-gpu", "x.tflite")
+    line = _one_line_error(err, "check-gpu")
+    assert code == 6 and "internal error: TypeError: unsupported operand" in line and "SINET_DEBUG=1" in line
+    monkeypatch.setenv("SINET_DEBUG", "1")
+    with pytest.raises(TypeError):
+        main(["check-gpu", "x.tflite"])
+
+
+def test_checkpoints_that_are_not_what_they_claim(capsys, tmp_path, sinet_checkpoint):
+    text = tmp_path / "weights.npz"
+    text.write_text("tensor = 1.0\n")
+    code, _, err = _run(capsys, "import-weights", "sinet", text, "-o", tmp_path / "m.keras")
+    line = _one_line_error(err, "import-weights")
+    assert code == 2 and "not an .npz checkpoint" in line and "a text file starting with 'tensor = 1.0" in line
+    assert "allow_pickle" not in line
+
+    with np.load(sinet_checkpoint) as d:
+        arrays = {k: d[k] for k in d.files}
+    key = sorted(arrays)[5]
+    arrays[key] = np.full_like(arrays[key], np.nan)
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, **arrays)
+    code, _, err = _run(capsys, "import-weights", "sinet", nan, "-o", tmp_path / "m.keras")
+    line = _one_line_error(err, "import-weights")
+    assert code == 2 and f"tensor {key!r} holds {arrays[key].size} non-finite values" in line
+    assert not (tmp_path / "m.keras").exists()
+
+    import sinet_tf
+    from sinet_tf.weights import WeightImportError, load_weights
+
+    model = sinet_tf.build_model("sinet")
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(WeightImportError, match="non-finite"):
+        load_weights(model, nan)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)   # nothing was assigned
+
+
+def test_registry_name_without_weights(capsys, tmp_path, humanseg):
+    code, _, err = _run(capsys, "predict", "sinet", humanseg / "images" / "1.jpg", "-o", tmp_path / "o")
+    line = _one_line_error(err, "predict")
+    assert code == 2 and "'sinet' is a registry name without --weights" in line and "random" in line
+    assert not (tmp_path / "o").exists()
+    code, out, err = _run(capsys, "evaluate", "sinet_encoder", "--data", "synthetic:10", "--split", "none",
+                          "--json")
+    assert code == 0 and "warning: 'sinet_encoder' is a registry name without --weights" in err
+    assert json.loads(out)["split"] is None
+    code, out, _ = _run(capsys, "evaluate", "sinet_encoder", "--data", "synthetic:10", "--split", "none")
+    assert code == 0 and "(whole folder, 10 images)" in out and "None" not in out
+
+
+def test_threshold_outside_zero_one_is_refused(capsys, tmp_path, official_keras, humanseg):
+    for value in ("1.5", "0", "-0.2"):
+        code, _, err = _run(capsys, "predict", official_keras, humanseg / "images" / "1.jpg", "-o", tmp_path,
+                            "--threshold", value)
+        assert code == 2 and f"--threshold {float(value):g}" in _one_line_error(err, "predict")
+
+
+def _corrupt_jpeg(good: bytes) -> bytes:
+    """The photo with 2,000 bytes of its entropy-coded data zeroed: libjpeg then warns
+    "Corrupt JPEG data: premature end of data segment" and fills the rest with grey."""
+    data = bytearray(good)
+    mid = len(data) // 2
+    data[mid:mid + 2000] = bytes(2000)
+    return bytes(data)
+
+
+def test_predict_on_a_folder_goes_past_bad_files(capsys, tmp_path, official_keras, humanseg):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in (1, 2, 3):
+        (folder / f"good{i}.jpg").write_bytes((humanseg / "images" / f"{i}.jpg").read_bytes())
+    (folder / "bad_text.jpg").write_text("not a photo")
+    (folder / "bad_truncated.jpg").write_bytes((humanseg / "images" / "4.jpg").read_bytes()[:1500])
+    (folder / "bad_corrupt.jpg").write_bytes(_corrupt_jpeg((humanseg / "images" / "5.jpg").read_bytes()))
+    code, out, err = _run(capsys, "predict", official_keras, folder, "-o", tmp_path / "o")
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "o").glob("*_mask.png")) == [f"good{i}_mask.png" for i in (1, 2, 3)]
+    line = _one_line_error(err, "predict")
+    assert "3 of 6 inputs failed" in line
+    for name in ("bad_text.jpg", "bad_truncated.jpg", "bad_corrupt.jpg"):
+        assert name in line
+    assert "corrupt JPEG data (Corrupt JPEG data: premature end of data segment)" in line
+
+
+def test_evaluate_prints_the_metrics_before_a_gallery_that_cannot_be_written(capsys, tmp_path, monkeypatch,
+                                                                            official_keras):
+    import errno
+
+    import sinet_tf.evaluate as evaluate_module
+
+    def read_only(image, path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(evaluate_module, "write_png_atomic", read_only)
+    code, out, err = _run(capsys, "evaluate", official_keras, "--data", "synthetic:10", "--gallery",
+                          tmp_path / "gallery")
+    assert code == 5 and "no permission" in _one_line_error(err, "evaluate")
+    assert "person IoU" in out and "(val, 2 images)" in out       # computed and shown before the failure
+    code, out, err = _run(capsys, "evaluate", official_keras, "--data", "synthetic:10", "--gallery",
+                          tmp_path / "gallery", "--json")
+    assert code == 5 and json.loads(out)["n_images"] == 2

@@ -62,7 +62,40 @@ def test_report_metrics_are_numbers(demo):
     for path, value in _numbers(metrics["evaluation"]):
         assert isinstance(value, (int, float, str)), path
     assert (demo / "sinet_demo_fp32.tflite").is_file() and (demo / "sinet_demo_int8.tflite").is_file()
+    # int8 obeys the gate, and the report names the calibration the exporter chose
+    cal = metrics["export"]["int8"]["calibration"]
+    assert cal["gate"] == "passed" and len(cal["candidates"]) >= 8
+    chosen = next(c for c in cal["candidates"] if c["name"] == cal["chosen"])
+    assert chosen["drop"] <= cal["max_drop"]
+    assert f"int8 calibration: **{cal['chosen']}**" in (demo / "report.md").read_text()
     assert (demo / "run" / "train" / "history.csv").is_file()
+
+
+def test_int8_score_is_the_iou_of_its_masks_and_close_to_float(demo):
+    """The int8 file's person IoU in metrics.json is the mean over the val photos of the IoU of
+    its masks, recomputed here with NumPy; and int8 costs at most the gate's allowed drop,
+    plus the noise of scoring other photos than the gate's (0.03), against the float32 file."""
+    import numpy as np
+
+    from sinet_tf.data.sources import open_source
+    from sinet_tf.inference import Segmenter
+
+    metrics = json.loads((demo / "metrics.json").read_text())
+    segmenter = Segmenter(str(demo / "sinet_demo_int8.tflite"))
+    source = open_source(metrics["data"], "val", seed=0)
+    ious = []
+    for i in range(len(source)):
+        image, label = source.read(i)
+        pred, truth = segmenter.mask(image).astype(bool), label == 1
+        union = (pred | truth).sum()
+        ious.append((pred & truth).sum() / union if union else 1.0)
+    e = metrics["evaluation"]
+    assert e["int8"]["n_images"] == len(ious)
+    assert e["int8"]["person_iou"] == pytest.approx(float(np.mean(ious)), abs=1e-6)
+    cal = metrics["export"]["int8"]["calibration"]
+    print(f"val person IoU: fp32 {e['fp32']['person_iou']:.4f}, int8 {e['int8']['person_iou']:.4f} "
+          f"(gate: drop <= {cal['max_drop']} on the parity photos)")
+    assert e["fp32"]["person_iou"] - e["int8"]["person_iou"] <= cal["max_drop"] + 0.03
 
 
 def test_demo_refuses_to_overwrite_a_run(capsys, demo):

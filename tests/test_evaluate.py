@@ -32,11 +32,23 @@ def test_person_iou_matches_an_independent_computation(official, humanseg, tmp_p
     assert result["person_iou"] == pytest.approx(np.mean(ious), abs=1e-9)
 
 
-def test_official_sinet_on_humanseg_val(official, humanseg, tmp_path, capsys):
-    """The checkpoint's known score on humanseg290 val (0.681 in the export issue's measurement)."""
-    result = evaluate(official, str(humanseg), split="val", gallery=tmp_path / "worst", worst=3)
-    assert result["n_images"] == 60
-    assert 0.67 < result["person_iou"] < 0.70
+# The official PyTorch models' person IoU on all 290 humanseg290 photos (224x224, argmax /
+# logit > 0, mask resized back to the photo, mean over photos): ../shared/reference/README.md.
+# That figure is over the whole folder, so the comparison is too (not over the 60 val photos).
+# It is rounded to 3 decimals and the two pipelines' resizing differs in detail (interpolation
+# of the photo, of the probability vs the mask): 0.005 covers both.
+OFFICIAL_HUMANSEG290_IOU = {"sinet": 0.648, "extremec3net": 0.709}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_HUMANSEG290_IOU))
+def test_official_checkpoints_score_the_official_figure_on_all_of_humanseg290(
+        name, official, sinet_checkpoint, extremec3_checkpoint, humanseg, tmp_path):
+    segmenter = official if name == "sinet" else Segmenter(name, weights=extremec3_checkpoint)
+    result = evaluate(segmenter, str(humanseg), split=None, gallery=tmp_path / "worst", worst=3)
+    assert result["n_images"] == len(list((humanseg / "images").glob("*.jpg")))
+    print(f"{name}: person IoU {result['person_iou']:.4f} on all {result['n_images']} photos "
+          f"vs official {OFFICIAL_HUMANSEG290_IOU[name]}")
+    assert result["person_iou"] == pytest.approx(OFFICIAL_HUMANSEG290_IOU[name], abs=0.005)
     assert result["miou"] > result["person_iou"] and 0 < result["boundary_f"] < 1
     shots = sorted((tmp_path / "worst").glob("*.png"))
     assert len(shots) == 3 and cv2.imread(str(shots[0])).shape[0] == 320

@@ -22,10 +22,10 @@ def exports(tmp_path_factory, sinet_checkpoint, humanseg):
     out = tmp_path_factory.mktemp("export")
     common = ["sinet", "--weights", str(sinet_checkpoint), "--input-size", SIZE]
     runs = {
-        "fp16": [*common, "-o", str(out / "fp16.tflite"), "--quantize", "fp16", "--output", "probabilities",
+        "fp16": [*common, "-o", str(out / "fp16.tflite"), "--quantize", "fp16", "--head", "probabilities",
                  "--metadata"],
         "dynamic": [*common, "-o", str(out / "dynamic.tflite"), "--quantize", "dynamic"],
-        "int8": [*common, "-o", str(out / "int8.tflite"), "--quantize", "int8", "--io", "uint8", "--output", "mask",
+        "int8": [*common, "-o", str(out / "int8.tflite"), "--quantize", "int8", "--io", "uint8", "--head", "mask",
                  "--calibration-data", str(humanseg), "--num-calibration", "40", "--num-parity", "40"],
     }
     for mode, args in runs.items():
@@ -40,7 +40,7 @@ def mediapipe_export(tmp_path_factory, sinet_checkpoint):
     resizes move a few percent of edge pixels; at 224 they agree on >99.7%.)"""
     out = tmp_path_factory.mktemp("mediapipe") / "sinet224_fp16.tflite"
     assert main(["export", "sinet", "--weights", str(sinet_checkpoint), "-o", str(out), "--quantize", "fp16",
-                 "--output", "probabilities", "--metadata"]) == 0
+                 "--head", "probabilities", "--metadata"]) == 0
     return out
 
 
@@ -80,7 +80,8 @@ def test_int8_uint8_io_takes_camera_bytes_and_has_no_float_inside(exports):
     assert "FLEX" not in json.dumps(r["ops"]) and "SHAPE" not in r["ops"] and "ARG_MAX" not in r["ops"]
     assert r["gpu_delegate"]["compatible"]
     p = r["parity"]
-    assert p["n_images"] == 40 and "calibration images" in p["images"]
+    assert p["n_images"] == 40 and "held-out images" in p["images"] and "(val)" in p["images"]
+    assert r["int8"]["gate"] == "passed" and len(r["int8"]["candidates"]) == 8
     assert abs(p["person_iou_difference"]) < 0.1 and 0.4 < p["person_iou_keras"] < 1.0
     runner = TFLiteRunner(exports["int8"])
     assert runner.output_kind == "probabilities"
@@ -189,3 +190,75 @@ def test_bad_input_gets_clear_errors_and_keeps_the_old_file(tmp_path, sinet_chec
         export_tflite("sinet", tmp_path / "b.tflite", quantize="int8", calibration_data="synthetic:100",
                       calibration_split="val", num_calibration=50)
     assert not (tmp_path / "b.tflite").exists()
+
+
+def _tiny_keras_file(folder):
+    """A small plain-Keras segmentation model saved as .keras (exports in seconds)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", bias_initializer="random_uniform")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(2, 1, bias_initializer="random_uniform")(x), name="tiny")
+    path = folder / "tiny.keras"
+    model.save(path)
+    return path
+
+
+def test_output_is_the_file_and_head_is_head(tmp_path, capsys):
+    import hashlib
+
+    from sinet_tf.export import read_export_report
+
+    source = _tiny_keras_file(tmp_path)
+    out = tmp_path / "tiny.tflite"
+    assert main(["export", str(source), "--output", str(out), "--head", "probabilities"]) == 0
+    report = read_export_report(out)
+    assert report["head"] == "probabilities" and report["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    capsys.readouterr()
+    # the flag's old meaning: a head name where the file goes
+    assert main(["export", str(source), "-o", str(out), "--output", "mask"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--output mask: -o/--output is the output .tflite file" in err
+    assert "--head mask" in err
+
+
+def test_tflite_and_report_are_one_commit(tmp_path, monkeypatch, capsys):
+    """Both files are complete before either is renamed; the report goes first and names the
+    model's sha256, so the one state in between (new report, old model) is detected."""
+    import errno
+    import os
+
+    import sinet_tf.files as files
+    from sinet_tf.export import read_export_report
+
+    source = _tiny_keras_file(tmp_path)
+    out = tmp_path / "tiny.tflite"
+    assert main(["export", str(source), "-o", str(out)]) == 0
+    old_model, old_report = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    real_replace = os.replace
+
+    # a full disk while the temporary files are written: both old files stay as they were
+    def full(src, dst, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(files.os, "replace", full)
+    capsys.readouterr()
+    assert main(["export", str(source), "-o", str(out), "--head", "mask"]) == 5
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "Traceback" not in err
+    assert out.read_bytes() == old_model and out.with_suffix(".json").read_bytes() == old_report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json", "tiny.keras", "tiny.tflite"]
+
+    # killed between the two renames: the report is new, the model not yet
+    def stop_before_the_model(src, dst, *a, **k):
+        if str(dst).endswith(".tflite"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(files.os, "replace", stop_before_the_model)
+    assert main(["export", str(source), "-o", str(out), "--head", "mask"]) == 130
+    assert out.read_bytes() == old_model and json.loads(out.with_suffix(".json").read_text())["head"] == "mask"
+    with pytest.raises(ExportError, match="describes another version of tiny.tflite"):
+        read_export_report(out)
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    assert main(["export", str(source), "-o", str(out), "--head", "mask"]) == 0
+    assert read_export_report(out)["head"] == "mask"

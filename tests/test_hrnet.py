@@ -13,6 +13,8 @@ from sinet_tf.runtime import TFLiteRunner
 from sinet_tf.train import load_recipe
 from sinet_tf.train.config import RECIPE_DIR
 
+from registry_cases import assert_outputs_match, batchnorm_from_data
+
 SMALL = (64, 64, 3)
 
 
@@ -143,15 +145,12 @@ def test_untrained_inference_outputs_stay_small_with_the_authors_init(small_v1):
 
 @pytest.mark.slow
 def test_tflite_matches_keras_with_calibrated_batch_norm(small_v1):
-    """The registry's parity check sees the untrained net's ~1e-12 logits; here BatchNorm
-    statistics come from the data and the classifier is rescaled, so the logits are O(1)."""
+    """The untrained net's logits are ~1e-12 (the authors' init); here BatchNorm statistics
+    come from the data and the classifier is rescaled, so the logits are O(1)."""
     model = keras.models.clone_model(small_v1)
     model.set_weights(small_v1.get_weights())
     x = _pixels(7, batch=4)
-    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in batch_norms:                # one training-mode call sets the moving statistics
-        layer.momentum = 0.0
-    model(x, training=True)
+    batchnorm_from_data(model, x)
     classifier = model.get_layer("last_layer.3")
     kernel, bias = classifier.get_weights()
     rng = np.random.default_rng(8)
@@ -159,9 +158,7 @@ def test_tflite_matches_keras_with_calibrated_batch_norm(small_v1):
     y = np.asarray(model(x[:1], training=False))
     assert 0.1 < np.abs(y).max() < 100
     data = convert_float32(model)
-    y_tflite = TFLiteRunner(data)(x[:1])
-    print(f"calibrated logits up to {np.abs(y).max():.3f}; TFLite vs Keras {np.abs(y_tflite - y).max():.2e}")
-    np.testing.assert_allclose(y_tflite, y, atol=1e-4)
+    assert_outputs_match(TFLiteRunner(data)(x[:1]), y, rtol=1e-4, what="HRNet-W18-small v1 TFLite vs Keras")
     report = check_gpu_compatibility(data)
     assert report.compatible, report.summary()
     assert report.op_counts()["RESIZE_BILINEAR"] == 14

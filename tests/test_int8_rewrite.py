@@ -1,16 +1,18 @@
 """The int8 graph rewrites (sinet_tf.export.rewrite): same function as the Keras model,
-and the rewritten official SINet converts to a full-int8 file that XNNPACK runs whole
-and the GPU-delegate check accepts."""
+each pass alone and all in order; the pass registry; and the rewritten official SINet
+converts to a full-int8 file that XNNPACK runs whole and the GPU-delegate check accepts."""
 
+import re
 from collections import Counter
 
 import keras
 import numpy as np
 import pytest
 
-from sinet_tf.export.rewrite import (AffineThenResize, ChannelAffine, DecomposedPReLU, FoldedAway, OffsetConv2D,
-                                     ScaledAdd, SpaceToDepthConv2D, absorb_channel_shuffles, equalize_channels,
-                                     int8_friendly)
+from sinet_tf.export.passes.graph import is_linear, read_graph, rebuild
+from sinet_tf.export.rewrite import (PASSES, AffineThenResize, ChannelAffine, DecomposedPReLU, FoldedAway, OffsetConv2D,
+                                     RewritePass, ScaledAdd, SpaceToDepthConv2D, absorb_channel_shuffles,
+                                     equalize_channels, int8_friendly, register_pass, unregister_pass)
 from sinet_tf.layers.normalization import InputNormalization
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.layers.s2 import s2_module
@@ -167,6 +169,12 @@ def test_equalization_keeps_the_function_and_fills_small_channels():
     assert _max_rel_diff(model, rewritten, x) < 1e-4
 
 
+# The (kernel, pool) of both branches of SINet's ten S2 modules (level2.0, level2.1, level3.0 ..
+# level3.7), as ../shared/reference/README.md lists them.
+SINET_S2_BRANCHES = [[(3, 1), (5, 1)], [(3, 1), (3, 1)], [(3, 1), (5, 1)], [(3, 1), (3, 1)], [(5, 1), (3, 2)],
+                     [(5, 2), (3, 4)], [(3, 1), (3, 1)], [(5, 1), (5, 1)], [(3, 2), (3, 4)], [(3, 1), (5, 2)]]
+
+
 @pytest.fixture(scope="module")
 def official_sinet_64(sinet_checkpoint):
     from sinet_tf.export.heads import with_output_head
@@ -184,10 +192,19 @@ def test_official_sinet_rewrite_is_equivalent(official_sinet_64):
     assert _max_rel_diff(model, rewritten, x) < 1e-5
     kinds = Counter(type(layer).__name__ for layer in rewritten.layers)
     assert kinds["PReLU"] == kinds["AveragePooling2D"] == kinds["GroupedPointwiseConv"] == 0
-    assert kinds[DecomposedPReLU.__name__] == 39
+    # Counted from the architecture (../shared/reference/README.md, "SINet, as the checkpoint
+    # encodes it"). PReLUs: level1's CBR; level2_0's squeeze-excite and the one after its BN;
+    # each S2 module's two branches and its BR; BR2; level3_0's two in the squeeze-excite and
+    # the one after its BN; BR3; the decoder's level2_C CBR. Every one becomes a DecomposedPReLU.
+    assert kinds[DecomposedPReLU.__name__] == 1 + 2 + 3 * len(SINET_S2_BRANCHES) + 1 + 3 + 1 + 1 == 39
     # no BatchNormalization is left that the converter would emit as MUL + ADD
     assert kinds[FoldedAway.__name__] >= 10 and kinds[ChannelAffine.__name__] >= 10
-    assert kinds["BatchNormalization"] == 37  # each right after a conv: the converter folds them
+    # BatchNorms right after a conv (the converter folds them): level1, level2_0 and level3_0 (after
+    # their 1x1 convs), level2_C, and in every S2 branch the one after its depthwise conv and its
+    # last one when no pooling (an upsampling) comes between its 1x1 conv and it; level1's is
+    # folded by the rewrite itself, with the input normalization, into the first conv (below).
+    after_conv = 4 + sum(2 + sum(pool == 1 for _, pool in branches) for branches in SINET_S2_BRANCHES)
+    assert kinds["BatchNormalization"] == after_conv - 1 == 37
     assert isinstance(rewritten.get_layer("normalize"), FoldedAway)  # into encoder.level1.conv
     assert isinstance(rewritten.get_layer("encoder.level1.conv"), OffsetConv2D)
     assert isinstance(rewritten.get_layer("head_difference"), FoldedAway)  # merged into classifier.1
@@ -195,6 +212,120 @@ def test_official_sinet_rewrite_is_equivalent(official_sinet_64):
     assert isinstance(rewritten.get_layer("decoder.up2"), AffineThenResize)  # bn_2 before the resize
     assert all(rewritten.get_layer(f"encoder.level{lv}.{i}.c1.conv").groups == 2
                for lv, n in ((2, 2), (3, 8)) for i in range(n))
+
+
+# What each built-in pass does to the official SINet when it runs alone: (layer, its class
+# afterwards, or a check of the whole rewritten model).
+_ALONE = {
+    "channel_shuffles": lambda m: type(m.get_layer("encoder.level2.0.c1.conv")) is keras.layers.Conv2D,
+    "input_normalization": lambda m: isinstance(m.get_layer("encoder.level1.conv"), OffsetConv2D),
+    "batch_norms": lambda m: isinstance(m.get_layer("decoder.up2"), AffineThenResize),
+    "pointwise_merge": lambda m: isinstance(m.get_layer("head_difference"), FoldedAway),
+    "prelu": lambda m: isinstance(m.get_layer("encoder.level1.act"), DecomposedPReLU),
+    "average_pools": lambda m: type(m.get_layer("encoder.level3.2.d2.pool")) is keras.layers.DepthwiseConv2D,
+    "space_to_depth": lambda m: isinstance(m.get_layer("classifier.1"), SpaceToDepthConv2D),
+}
+
+
+@pytest.mark.parametrize("name", [*_ALONE, "equalize"])
+def test_each_pass_alone_keeps_the_function(official_sinet_64, name):
+    model, _ = official_sinet_64
+    x = np.random.default_rng(7).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    rewritten = int8_friendly(model, passes=[name], images=x)
+    if name == "equalize":  # only weights change
+        assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), rewritten.get_weights()))
+    else:
+        assert _ALONE[name](rewritten)
+    assert not any(check(rewritten) for other, check in _ALONE.items() if other != name)
+    assert _max_rel_diff(model, rewritten, x) < 1e-5
+
+
+def test_passes_run_in_registry_order_and_unknown_names_are_listed():
+    assert [p.name for p in PASSES] == ["channel_shuffles", "input_normalization", "batch_norms", "pointwise_merge",
+                                        "prelu", "average_pools", "space_to_depth", "equalize"]
+    assert all(p.description and "\n" not in p.description for p in PASSES)
+    inputs = keras.Input((8, 8, 4), batch_size=1)
+    x = keras.layers.PReLU(shared_axes=[1, 2], name="act")(inputs)
+    model = _randomize(keras.Model(inputs, keras.layers.AveragePooling2D(2, name="pool")(x)))
+    both = int8_friendly(model, passes=["average_pools", "prelu"])
+    only = int8_friendly(model, passes="prelu")
+    assert isinstance(both.get_layer("act"), DecomposedPReLU) and isinstance(only.get_layer("act"), DecomposedPReLU)
+    assert type(both.get_layer("pool")) is keras.layers.DepthwiseConv2D
+    assert type(only.get_layer("pool")) is keras.layers.AveragePooling2D
+    none = int8_friendly(model, passes=[])
+    assert none is not model and [type(a) for a in none.layers] == [type(b) for b in model.layers]
+    x = RNG.normal(0, 1, (2, 8, 8, 4)).astype(np.float32)
+    for rewritten in (both, only, none):
+        assert _max_rel_diff(model, rewritten, x) < 1e-6
+    listed = ", ".join(p.name for p in PASSES)
+    unknown = f"unknown int8 rewrite pass 'prelus'; registered, in order: {listed}"
+    with pytest.raises(ValueError, match=re.escape(unknown)):
+        int8_friendly(model, passes=["prelu", "prelus"])
+    with pytest.raises(ValueError, match="'equalize' needs calibration images"):
+        int8_friendly(model, passes=["equalize"])
+
+
+def _double_then_halve(model, context):
+    """A toy pass: a linear Conv2D read only by another Conv2D outputs twice its values
+    (kernel and bias times 2) and that conv reads them with half its kernel."""
+    graph = read_graph(model)
+    for name, layer in graph.layers.items():
+        nxt = graph.consumers[name][0] if graph.single(name) else None
+        if type(layer) is keras.layers.Conv2D and is_linear(layer) \
+                and type(graph.layers.get(nxt)) is keras.layers.Conv2D:
+            kernel, bias = layer.get_weights()
+            second = graph.layers[nxt].get_weights()
+            return rebuild(model, weights={name: [2 * kernel, 2 * bias], nxt: [0.5 * second[0], *second[1:]]})
+    return model
+
+
+@pytest.fixture
+def toy_pass():
+    """``_double_then_halve`` registered right after ``pointwise_merge``, and removed again."""
+    toy = RewritePass("double_then_halve", "a conv's output doubled, the next conv's kernel halved", _double_then_halve)
+    registered = register_pass(toy, after="pointwise_merge")
+    yield registered
+    unregister_pass(registered.name)
+
+
+def test_a_registered_pass_runs_in_its_place_and_keeps_the_function(toy_pass):
+    names = [p.name for p in PASSES]
+    assert names[names.index("pointwise_merge") + 1] == "double_then_halve"
+    inputs = keras.Input((16, 16, 3), batch_size=1)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="b")(keras.layers.Conv2D(6, 3, padding="same", name="a")(inputs))
+    model = _randomize(keras.Model(inputs, keras.layers.PReLU(shared_axes=[1, 2], name="act")(y)))
+    kernel = model.get_layer("a").get_weights()[0].copy()
+    x = RNG.normal(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    for passes in (None, ["double_then_halve"]):
+        rewritten = int8_friendly(model, passes=passes)
+        np.testing.assert_array_equal(rewritten.get_layer("a").get_weights()[0], 2 * kernel)
+        np.testing.assert_array_equal(rewritten.get_layer("b").get_weights()[0],
+                                      0.5 * model.get_layer("b").get_weights()[0])
+        assert isinstance(rewritten.get_layer("act"), DecomposedPReLU if passes is None else keras.layers.PReLU)
+        assert _max_rel_diff(model, rewritten, x) < 1e-5
+    assert _max_rel_diff(model, toy_pass(model), x) < 1e-5  # the pass alone
+    np.testing.assert_array_equal(model.get_layer("a").get_weights()[0], kernel)  # the model is left as it was
+
+
+def test_registering_checks_names_and_unregistering_restores_the_list():
+    before = list(PASSES)
+    noop = RewritePass("noop", "returns the model", lambda model, context: model)
+    register_pass(noop, before="channel_shuffles")
+    try:
+        assert PASSES[0] is noop
+        with pytest.raises(ValueError, match="'noop' is already registered"):
+            register_pass(RewritePass("noop", "again", lambda model, context: model))
+        with pytest.raises(ValueError, match="unknown int8 rewrite pass 'nowhere'"):
+            register_pass(RewritePass("other", "x", lambda model, context: model), after="nowhere")
+    finally:
+        unregister_pass("noop")
+    assert PASSES == before
+    with pytest.raises(ValueError, match="one non-empty line"):
+        RewritePass("two_lines", "first\nsecond", lambda model, context: model)
+    with pytest.raises(ValueError, match="lowercase letters"):
+        RewritePass("Bad Name", "x", lambda model, context: model)
+    with pytest.raises(TypeError, match="returned NoneType, not a keras.Model"):
+        RewritePass("broken", "returns nothing", lambda model, context: None)(keras.Sequential())
 
 
 def test_official_sinet_int8_is_one_xnnpack_partition_and_gpu_compatible(official_sinet_64):

@@ -9,6 +9,8 @@ from sinet_tf.export import check_gpu_compatibility, convert_float32
 from sinet_tf.model_cost import count_params
 from sinet_tf.runtime import TFLiteRunner
 
+from registry_cases import assert_outputs_match, batchnorm_from_data
+
 PAPER_PARAMS = 2.08e6  # paper: 2.08 M parameters (2.1 M in the text)
 SMALL = (64, 64, 3)
 
@@ -27,9 +29,21 @@ def test_portraitnet_params_match_the_paper(two_output_model):
     n = count_params(two_output_model)
     print(f"portraitnet trainable parameters (2 classes, boundary head): {n:,} vs paper {PAPER_PARAMS:,.0f}")
     assert abs(n - PAPER_PARAMS) / PAPER_PARAMS < 0.03
-    # MobileNetV2 to block_16 (1,811,712) + D-Blocks (89,640) + 4x4 transposed convs (178,176)
-    # + 1x1 heads with bias (2*8+2 and 8+1).
-    assert n == 2_079_555
+    # From the paper's structure: MobileNetV2 up to its 320-channel block_16 (keras.applications'
+    # MobileNetV2 less its last 1x1 conv 320 -> 1280 + BN), five D-Blocks (Fig. 3: two depthwise
+    # separable convs, each depthwise 3x3 + BN and 1x1 + BN, and a 1x1 + BN shortcut) from 320,
+    # 96, 32, 24, 16 to 96, 32, 24, 16, 8 channels, a 4x4 transposed conv (no bias) after each,
+    # and the 1x1 heads with bias (mask: 2 classes, boundary: 1).
+    mobilenetv2 = count_params(keras.applications.MobileNetV2(input_shape=SMALL, include_top=False, weights=None))
+    encoder = mobilenetv2 - (320 * 1280 + 2 * 1280)
+
+    def d_block(c_in, c_out):
+        return (9 * c_in + 2 * c_in + c_in * c_out + 2 * c_out) + (9 * c_out + 2 * c_out + c_out * c_out + 2 * c_out) \
+            + (c_in * c_out + 2 * c_out)
+
+    widths = [320, 96, 32, 24, 16, 8]
+    decoder = sum(d_block(a, b) + 16 * b * b for a, b in zip(widths, widths[1:]))
+    assert n == encoder + decoder + (8 * 2 + 2) + (8 + 1)
     assert count_params(sinet_tf.build_model("portraitnet", input_shape=SMALL)) == n - 9
 
 
@@ -60,6 +74,7 @@ def test_portraitnet_missing_backbone_weights_file_is_an_error(tmp_path):
 
 
 def test_portraitnet_two_output_tflite_matches_keras_and_is_gpu_compatible(two_output_model):
+    batchnorm_from_data(two_output_model, _pixels(7, batch=4))   # O(1) outputs, as in a trained network
     data = convert_float32(two_output_model)
     x = _pixels(6)
     mask, edge = (np.asarray(t) for t in two_output_model(x, training=False))
@@ -70,8 +85,8 @@ def test_portraitnet_two_output_tflite_matches_keras_and_is_gpu_compatible(two_o
     runner(x)  # the runner returns the first output only; read both from the interpreter
     by_channels = {int(o["shape"][-1]): runner.interpreter.get_tensor(o["index"]) for o in outputs}
     assert sorted(by_channels) == [1, 2]
-    np.testing.assert_allclose(by_channels[2], mask, atol=1e-4)
-    np.testing.assert_allclose(by_channels[1], edge, atol=1e-4)
+    assert_outputs_match(by_channels[2], mask, rtol=1e-4, what="mask logits, TFLite vs Keras")
+    assert_outputs_match(by_channels[1], edge, rtol=1e-4, what="edge logits, TFLite vs Keras")
     report = check_gpu_compatibility(data)
     assert report.compatible, report.summary()
     assert report.op_counts().get("TRANSPOSE_CONV") == 5

@@ -1,5 +1,8 @@
-"""`sinet predict`: photos (letterbox, EXIF), videos, webcams, composites, and the
-no-letterbox path being exactly what `sinet evaluate` scores."""
+"""`sinet predict`: photos (letterbox, EXIF), videos, webcams, composites, the
+no-letterbox path being exactly what `sinet evaluate` scores, and the temporal/refinement
+options with their errors."""
+
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,6 +26,15 @@ def _grey(path):
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     assert img is not None, f"{path} was not written"
     return img
+
+
+def _frames(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while (frame := cap.read())[0]:
+        frames.append(frame[1])
+    cap.release()
+    return frames
 
 
 def _video_info(path):
@@ -60,7 +72,8 @@ def test_no_keep_aspect_gives_exactly_the_masks_evaluate_scores(capsys, tmp_path
     from sinet_tf.evaluate import evaluate
 
     photos = [humanseg / "images" / f"{s}.jpg" for s in VAL_PHOTOS]
-    code, out, err = _run(capsys, "predict", official_keras, *photos, "--no-keep-aspect", "-o", tmp_path / "p")
+    code, out, err = _run(capsys, "predict", official_keras, *photos, "--no-keep-aspect", "--refine", "none",
+                          "-o", tmp_path / "p")
     assert code == 0, err
     val = load_dataset(humanseg, split="val")
     ious = []
@@ -120,7 +133,7 @@ def test_exif_orientation_is_applied(tmp_path, segmenter, humanseg):
     exif = im.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     im.save(tmp_path / "rotated.jpg", "JPEG", quality=95, exif=exif.tobytes())
-    predict(segmenter, [tmp_path / "rotated.jpg"], tmp_path / "out")
+    predict(segmenter, [tmp_path / "rotated.jpg"], tmp_path / "out", refine="none")
     mask = _grey(tmp_path / "out" / "rotated_mask.png")
     assert mask.shape == (raw.shape[1], raw.shape[0])  # upright: width and height swapped
     stored = cv2.cvtColor(cv2.imread(str(tmp_path / "rotated.jpg"), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
@@ -163,6 +176,18 @@ def test_video_keeps_frame_rate_and_frame_count(capsys, tmp_path, official_keras
     for name in ("clip_mask.mp4", "clip_composite.mp4"):
         fps, frames, size = _video_info(tmp_path / "out" / name)
         assert (fps, frames, size) == (10.0, 12, (120, 160)), name
+    # the masks are the video pipeline's (default smoothing and refinement) run frame by frame
+    # on the decoded frames, up to the mp4v coding of the mask video: blank or shifted masks fail
+    from sinet_tf.postprocess import MattePipeline
+    from sinet_tf.predict import postprocessors
+
+    pipeline = MattePipeline(segmenter, postprocessors()[1])
+    wanted = [pipeline(cv2.cvtColor(f, cv2.COLOR_BGR2RGB)) > 0.5 for f in _frames(video)]
+    got = [f[..., 0] > 127 for f in _frames(tmp_path / "out" / "clip_mask.mp4")]
+    assert len(got) == len(wanted) == 12
+    for k, (g, w) in enumerate(zip(got, wanted)):
+        assert 0.05 < w.mean() < 0.95, f"frame {k}: the reference mask is nearly empty or full"
+        assert (g != w).mean() < 0.01, f"frame {k}: {(g != w).mean():.3%} of the pixels differ"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary files left
     predict(segmenter, [video], tmp_path / "five", max_frames=5)
     assert _video_info(tmp_path / "five" / "clip_mask.mp4")[:2] == (10.0, 5)
@@ -197,3 +222,93 @@ def test_clear_errors(capsys, tmp_path, official_keras, humanseg):
     model.write_text("not a model")
     code, _, err = _run(capsys, "predict", model, humanseg / "images" / "1.jpg", "-o", tmp_path / "o")
     assert code == 2 and "unknown model" in err
+
+
+class _FakeCapture:
+    """A video reader whose frames are the given arrays (BGR), at 10 fps."""
+
+    def __init__(self, frames):
+        self.frames = list(frames)
+
+    def read(self):
+        return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FPS: 10.0, cv2.CAP_PROP_FRAME_COUNT: 0}.get(prop, 0.0)
+
+    def isOpened(self):
+        return True
+
+    def release(self):
+        pass
+
+
+def test_a_video_whose_frames_change_size_is_an_error_naming_file_and_frame(capsys, tmp_path, official_keras,
+                                                                           monkeypatch):
+    import sinet_tf.predict as predict_module
+
+    video = tmp_path / "resized.mp4"
+    video.write_bytes(b"stand-in: the reader is replaced below")
+    frames = [np.full((48, 64, 3), 90, np.uint8)] * 3 + [np.full((60, 80, 3), 90, np.uint8)]
+    monkeypatch.setattr(predict_module, "_open_capture", lambda item: _FakeCapture(frames))
+    code, out, err = _run(capsys, "predict", official_keras, video, "-o", tmp_path / "o")
+    assert code == 2, out
+    line = err.strip().splitlines()[-1]
+    assert "resized.mp4" in line and "frame 3" in line and "80x60" in line and "64x48" in line
+    assert not (tmp_path / "o" / "resized_mask.mp4").exists()
+    assert not [p for p in (tmp_path / "o").iterdir()]  # the partial video was removed
+
+
+def test_temporal_and_refine_values_are_checked_before_the_model_loads(capsys, tmp_path, humanseg):
+    photo = humanseg / "images" / "1.jpg"
+    for flags, text in [(["--temporal-strength", "1.5"], "--temporal-strength 1.5"),
+                        (["--temporal-strength", "-0.2"], "--temporal-strength -0.2"),
+                        (["--refine-radius", "0"], "--refine-radius 0"),
+                        (["--refine-eps", "-1"], "--refine-eps -1.0")]:
+        # the model name is not even valid: the values fail first
+        code, _, err = _run(capsys, "predict", "no-such-model.keras", photo, *flags, "-o", tmp_path)
+        assert code == 2 and text in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "x.keras", str(photo), "--temporal", "kalman", "-o", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--temporal: invalid choice: 'kalman'" in capsys.readouterr().err
+
+
+def test_video_smoothing_follows_the_pipeline(tmp_path, segmenter, humanseg, monkeypatch):
+    """The mask video of --temporal ema equals the pipeline run frame by frame (written as
+    mp4v, so compared after the same encoding); smoothing changes the masks."""
+    import sinet_tf.predict as predict_module
+    from sinet_tf.postprocess import MattePipeline, MattePostprocessor
+
+    rng = np.random.default_rng(0)
+    base = cv2.resize(cv2.imread(str(humanseg / "images" / "1.jpg")), (160, 120)).astype(np.int16)
+    frames = [np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8) for _ in range(8)]
+    written = {}
+
+    class Recorder:
+        def __init__(self, path, *args):
+            self.path = path
+            written[Path(path).name.split(".")[1]] = self.frames = []
+
+        def isOpened(self):
+            return True
+
+        def write(self, frame):
+            self.frames.append(frame[..., 0].copy())
+
+        def release(self):
+            Path(self.path).write_bytes(b"")
+
+    monkeypatch.setattr(predict_module, "_open_capture", lambda item: _FakeCapture(frames))
+    monkeypatch.setattr(predict_module, "_video_writer", lambda path, fps, size: Recorder(path))
+    video = tmp_path / "noisy.mp4"
+    video.write_bytes(b"stand-in")
+    masks = {}
+    for mode in ("none", "ema"):
+        predict(segmenter, [video], tmp_path / mode, temporal=mode, temporal_strength=0.8, refine="none")
+        masks[mode] = written["noisy_mask"]
+        pipeline = MattePipeline(segmenter, MattePostprocessor(mode, 0.8, "none"))
+        for k, frame in enumerate(frames):
+            want = (pipeline(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)) > 0.5).astype(np.uint8) * 255
+            np.testing.assert_array_equal(masks[mode][k], want, err_msg=f"{mode} frame {k}")
+    assert (masks["none"][-1] != masks["ema"][-1]).any()

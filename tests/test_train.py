@@ -21,10 +21,41 @@ def _recipe(tmp_path, text, name="r.yaml"):
     return path
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPE_DIR.glob("*.yaml")))
-def test_every_shipped_recipe_loads(recipe):
+def _recipe_params():
+    """Every shipped recipe; those that train a large model (tag ``large``) only with -m slow."""
+    import sinet_tf
+
+    params = []
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        large = any("large" in sinet_tf.get_model_info(s.model).tags for s in load_recipe(path).stages)
+        params.append(pytest.param(path.name, marks=pytest.mark.slow) if large else path.name)
+    return params
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("recipe", _recipe_params())
+def test_every_shipped_recipe_trains_one_epoch_at_a_tiny_size(recipe, tmp_path):
+    """Each recipe as shipped (its models and their options, losses, optimizer, schedule,
+    auxiliary heads, two views, stage initialization), shrunk only in data, input size,
+    batch and epochs: every stage builds its model and trains one finite epoch."""
+    import math
+
+    import sinet_tf
+
     config = load_recipe(RECIPE_DIR / recipe)
     assert config.stages and all(s.epochs >= 1 and s.batch_size >= 1 for s in config.stages)
+    multiple = math.lcm(*(sinet_tf.get_model_info(s.model).input_multiple for s in config.stages))
+    side = multiple * math.ceil(64 / multiple)
+    tiny = load_recipe(RECIPE_DIR / recipe, overrides={
+        "data": "synthetic:8", "input_size": [side, side], "batch_size": 2, "epochs": 1, "lr_milestones": [],
+        "run_eagerly": True})
+    assert [(s.model, s.model_kwargs, s.loss) for s in tiny.stages] == \
+        [(s.model, s.model_kwargs, s.loss) for s in config.stages]
+    summary = train(tiny, tmp_path / "run", verbose=0, log=lambda *a: None)
+    assert [st["name"] for st in summary["stages"]] == [s.name for s in config.stages]
+    for st in summary["stages"]:
+        (row,) = st["history"]
+        assert np.isfinite(row["loss"]) and Path(st["best"]).is_file(), st["name"]
 
 
 def test_sinet_recipe_is_the_papers_schedule():
@@ -50,6 +81,43 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
         load_recipe(_recipe(tmp_path, "stages:\n  - name: a\n    batchsize: 3\n"))
     with pytest.raises(RecipeError, match="learnig_rate"):
         load_recipe(RECIPE_DIR / "default.yaml", overrides=["learnig_rate=0.1"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate: fast\n", "r.yaml: learning_rate: 'fast' is not a number"),
+    ("learning_rate: -0.1\n", "r.yaml: learning_rate: -0.1 must be > 0"),
+    ("learning_rate: 0\n", "r.yaml: learning_rate: 0 must be > 0"),
+    ("learning_rate: .nan\n", "r.yaml: learning_rate: nan is not a finite number"),
+    ("batch_size: 2.7\n", "r.yaml: batch_size: 2.7 is not a whole number"),
+    ("batch_size: 0\n", "r.yaml: batch_size: 0 must be >= 1"),
+    ("epochs: ten\n", "r.yaml: epochs: 'ten' is not a whole number"),
+    ("epochs: true\n", "r.yaml: epochs: True is not a whole number"),
+    ("input_size: 224\n", r"r.yaml: input_size: 224 is not a pair \[height, width\] \(write \[224, 224\]\)"),
+    ("input_size: [224, 0]\n", r"r.yaml: input_size: \[224, 0\]: 0 must be >= 1"),
+    ("input_size: [100, 100]\n", r"r.yaml: input_size: \[100, 100\] must be multiples of 32 for sinet "
+                                  r"\(e.g. \[96, 96\] or \[128, 128\]\)"),
+    ("model: extremec3net\ninput_size: [226, 224]\n", r"input_size: \[226, 224\] must be multiples of 4"),
+    ("lr_milestones: 150\n", r"r.yaml: lr_milestones: 150 is not a list \(write \[150\]\)"),
+    ("momentum: 1.5\noptimizer: sgd\n", "r.yaml: momentum: 1.5 must be < 1"),
+    ("run_eagerly: sometimes\n", "r.yaml: run_eagerly: 'sometimes' is not true or false"),
+    ("seed: 1.5\n", "r.yaml: seed: 1.5 is not a whole number"),
+    ("on_bad_sample: ignore\n", "r.yaml: on_bad_sample: 'ignore' is not one of 'raise', 'skip'"),
+    ("loss: cee\n", "r.yaml: loss: unknown loss 'cee'"),
+    ("stages: 3\n", "r.yaml: stages: 3 is not a list of stage mappings"),
+    ("stages:\n  - name: a\n    epochs: ten\n", "r.yaml: stage 'a': epochs: 'ten' is not a whole number"),
+])
+def test_recipe_values_are_typed_and_errors_name_file_key_and_value(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(_recipe(tmp_path, text))
+
+
+def test_recipe_numbers_the_yaml_way_and_command_line_values(tmp_path):
+    # PyYAML reads 5e-4 (no dot) as text; it is still a number
+    (stage,) = load_recipe(_recipe(tmp_path, "learning_rate: 5e-4\nepochs: 3.0\n")).stages
+    assert stage.learning_rate == 5e-4 and stage.epochs == 3 and isinstance(stage.epochs, int)
+    with pytest.raises(RecipeError, match=r"default.yaml: learning_rate: 'fast' is not a number \(set on the "
+                                          r"command line\)"):
+        load_recipe(RECIPE_DIR / "default.yaml", overrides=["learning_rate=fast"])
 
 
 def test_unknown_model_and_bad_stage_references(tmp_path):
@@ -133,6 +201,55 @@ def test_killed_and_resumed_run_has_the_same_history(tmp_path):
     assert a[2]["learning_rate"] == pytest.approx(a[0]["learning_rate"] * 0.5)  # the milestone at epoch 2
     with pytest.raises(TrainingError, match="another recipe configuration"):
         train(_tiny(tmp_path, epochs=4), tmp_path / "killed", resume=True, **quiet)
+
+
+def _poison(epoch):
+    """A callback that puts a NaN into the first weight after the first batch of ``epoch``
+    (0-based): a run that diverged."""
+    import keras
+
+    class Poison(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch = None
+
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if self.epoch == epoch and b == 0:
+                w = self.model.weights[0]
+                w.assign(np.full(w.shape, np.nan, dtype="float32"))
+
+    return Poison()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_diverged_epoch_is_not_committed_and_no_nan_checkpoint_is_written(tmp_path):
+    from sinet_tf.loading import load_keras_model
+    from sinet_tf.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 diverged .*not committed, the run folder holds epoch 1"):
+        train(_tiny(tmp_path), tmp_path / "run", extra_callbacks=[_poison(epoch=1)], verbose=0, log=lambda *a: None)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 1 and [r["epoch"] for r in state["history"]["train"]] == [1]
+    for name in ("best.keras", "last.keras"):
+        weights = load_keras_model(tmp_path / "run" / "train" / name).get_weights()
+        assert all(np.isfinite(w).all() for w in weights), name
+    assert sorted(p.name for p in (tmp_path / "run" / "train" / "checkpoints").iterdir()) == [
+        "best-e0001.keras", "last-e0001.keras"]
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    import sinet_tf
+    from sinet_tf.files import save_keras_atomic
+
+    model = sinet_tf.build_model("sinet_encoder", input_shape=(32, 32, 3), **TINY_SINET)
+    w = model.weights[3]
+    w.assign(np.full(w.shape, np.inf, dtype="float32"))
+    with pytest.raises(ValueError, match=f"not written: weight {w.path} .* holds NaN or inf"):
+        save_keras_atomic(model, tmp_path / "m.keras")
+    assert list(tmp_path.iterdir()) == []
 
 
 MIRRORED_STEP = r"""
@@ -224,9 +341,18 @@ def test_two_view_loss_is_the_sum_of_its_parts():
 
 
 def test_lr_step_every():
-    config = load_recipe(RECIPE_DIR / "default.yaml", overrides={"lr_milestones": [], "lr_step_every": 20,
-                                                                  "lr_factor": 0.95, "epochs": 100})
-    assert config.stages[0].lr_step_every == 20
+    """PortraitNet's schedule (x 0.95 every 20 epochs), with a milestone at epoch 30 on top:
+    the rate at each step is the base rate times 0.95 per boundary passed."""
+    from sinet_tf.train.trainer import _schedule
+
+    (stage,) = load_recipe(RECIPE_DIR / "default.yaml", overrides={
+        "learning_rate": 1e-3, "lr_milestones": [30], "lr_step_every": 20, "lr_factor": 0.95, "epochs": 100}).stages
+    assert stage.lr_step_every == 20
+    lr = _schedule(stage, steps_per_epoch=3)
+    for epoch in (0, 19, 20, 29, 30, 39, 40, 79, 80, 99):
+        passed = epoch // 20 + (epoch >= 30)
+        for step in (3 * epoch, 3 * epoch + 2):
+            assert float(lr(step)) == pytest.approx(1e-3 * 0.95 ** passed, rel=1e-6), (epoch, step)
 
 
 def test_two_view_wrapper_stacks_mask_and_edge_outputs_of_portraitnet():
@@ -324,7 +450,7 @@ def test_aux_weight_and_aux_head_must_go_together(tmp_path):
         train(_tiny(tmp_path, **aux_model), tmp_path / "run2", **quiet)
     with pytest.raises(TrainingError, match="two-view training does not support one"):
         train(_tiny(tmp_path, two_views=True, aux_weight=0.4, **aux_model), tmp_path / "run3", **quiet)
-    with pytest.raises(RecipeError, match="optimizer must be one of adam, sgd"):
+    with pytest.raises(RecipeError, match="optimizer: 'rmsprop' is not one of 'adam', 'sgd'"):
         load_recipe(RECIPE_DIR / "default.yaml", overrides=["optimizer=rmsprop"])
 
 

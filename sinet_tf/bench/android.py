@@ -3,16 +3,20 @@
 The pure functions build the ``adb`` and ``benchmark_model`` command lines and parse what
 ``adb devices`` and ``benchmark_model`` print; :func:`benchmark_on_device` strings them
 together (check ``adb``, pick the device, push the binary and the models to
-``/data/local/tmp``, run, parse). The rows have the keys of the host benchmark's
+``/data/local/tmp``, run, parse). ``adb shell`` hands its arguments to the phone's shell
+as one command line, so every such call goes through :func:`shell_command`, which quotes
+each argument (a space in a file name would split it, a ``;`` start a second command),
+and the models get device file names of safe characters only. The rows have the keys of the host benchmark's
 (:func:`sinet_tf.bench.host.benchmark`) where ``benchmark_model`` reports the quantity:
-it prints the mean, min, max and standard deviation of the timed runs, not the median
-or percentiles, so ``median_ms`` and ``p90_ms`` are ``None`` and ``mean_ms`` carries the
-latency.
+it prints the mean, min, max and standard deviation of the timed runs, and newer versions
+also ``p5``, ``median`` and ``p95``; ``median_ms`` is that median where printed (else
+``None``, and ``mean_ms`` carries the latency), ``p90_ms`` is always ``None``.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,8 +24,8 @@ from pathlib import Path
 from sinet_tf.bench.host import model_info
 
 __all__ = ["BENCHMARK_MODEL_URL", "DEVICE_DIR", "AdbError", "adb_command", "benchmark_model_command",
-           "benchmark_on_device", "find_adb", "parse_adb_devices", "parse_benchmark_output", "pick_device",
-           "row_from_output"]
+           "benchmark_on_device", "device_file_name", "find_adb", "parse_adb_devices", "parse_benchmark_output",
+           "pick_device", "row_from_output", "shell_command"]
 
 MEASUREMENT_DOCS = "https://www.tensorflow.org/lite/performance/measurement"
 BENCHMARK_MODEL_URL = ("https://storage.googleapis.com/tensorflow-nightly-public/prod/tensorflow/release/lite/tools/"
@@ -84,6 +88,18 @@ def adb_command(adb: str, serial: str | None, *args: str) -> list[str]:
     return [adb, *(["-s", serial] if serial else []), *args]
 
 
+def shell_command(adb: str, serial: str | None, *argv: str) -> list[str]:
+    """``adb [-s SERIAL] shell 'ARGV quoted'``: the device's shell splits the one command line
+    back into exactly ``argv``."""
+    return adb_command(adb, serial, "shell", shlex.join(str(a) for a in argv))
+
+
+def device_file_name(index: int, path) -> str:
+    """The name a model gets in ``/data/local/tmp``: its own, with anything but letters,
+    digits, ``.``, ``_`` and ``-`` replaced by ``_``, after a per-run index."""
+    return f"sinet_bench_{index}_" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(path).name)
+
+
 def benchmark_model_command(graph: str, threads: int, use_gpu: bool, runs: int, warmup: int,
                             binary: str = DEVICE_BINARY) -> list[str]:
     """The ``benchmark_model`` call on the device. ``--min_secs=0`` and
@@ -96,6 +112,10 @@ def benchmark_model_command(graph: str, threads: int, use_gpu: bool, runs: int, 
 _NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 
 
+# adb logcat's "threadtime" prefix: date, time, pid, tid, level letter, tag
+_LOGCAT = re.compile(r"^\d\d-\d\d \d\d:\d\d:\d\d\.\d+\s+\d+\s+\d+\s+([VDIWEF])\s+[^:]*?\s*:\s?")
+
+
 def _stat_line(line: str) -> dict:
     return {k: float(v) for k, v in re.findall(r"(\w+)=" + _NUMBER, line)}
 
@@ -104,19 +124,30 @@ def parse_benchmark_output(text: str) -> dict:
     """What ``benchmark_model`` reports, in its own units (microseconds, MB).
 
     Keys (present when printed): ``runs`` (the timed run's ``count=...`` statistics:
-    count, first, curr, min, max, avg, std), ``warmup`` (the warm-up run's), ``timings_us``
+    count, first, curr, min, max, avg, std, and in newer versions p5, median, p95),
+    ``warmup`` (the warm-up run's), ``timings_us``
     (the ``Inference timings in us`` line: init, first_inference, warmup_avg,
     inference_avg), ``memory_mb`` (init and overall deltas from the tool's start, peak via
     periodic monitoring), ``delegate`` (name, delegated and total nodes, partitions),
     ``gpu`` (whether a GPU delegate was created), ``model_size_mb``, ``errors`` (lines that
     say something failed).
+
+    Lines may carry a level prefix (``INFO:``, ``ERROR:``) or, captured with ``adb logcat``
+    from the benchmark app, logcat's date, pids and tag (``... I tflite  : ``). With
+    ``--enable_op_profiling`` the profiler prints summaries of its own
+    (``Timings (microseconds): count=...``); they are not the benchmark's timed runs.
     """
     out: dict = {"errors": []}
     stats = []
     for raw in text.splitlines():
-        level = re.match(r"^(INFO|WARNING|ERROR):\s*", raw.strip())
-        line = raw.strip()[level.end():] if level else raw.strip()
-        if re.match(r"^(Timings \(microseconds\): )?count=\d+", line):
+        line = raw.strip()
+        logcat = _LOGCAT.match(line)
+        if logcat:
+            line = line[logcat.end():]
+        level = re.match(r"^(INFO|WARNING|ERROR):\s*", line)
+        line = line[level.end():] if level else line
+        is_error = bool(level and level.group(1) == "ERROR") or bool(logcat and logcat.group(1) in "EF")
+        if re.match(r"^count=\d+", line):
             stats.append(_stat_line(line))
         elif line.startswith("Inference timings in us:"):
             fields = dict(re.findall(r"([A-Za-z][A-Za-z ()]*?):\s*" + _NUMBER, line.split(":", 1)[1]))
@@ -135,8 +166,7 @@ def parse_benchmark_output(text: str) -> dict:
             out["gpu"] = True
         elif m := re.match(r"The input model file size \(MB\): " + _NUMBER, line):
             out["model_size_mb"] = float(m.group(1))
-        elif (level and level.group(1) == "ERROR") or re.search(
-                r"\b(failed|error|unable|not supported|could not)\b", line, re.IGNORECASE):
+        elif is_error or re.search(r"\b(failed|error|unable|not supported|could not)\b", line, re.IGNORECASE):
             out["errors"].append(line)
     if stats:
         out["runs"] = stats[-1]
@@ -151,12 +181,13 @@ def row_from_output(parsed: dict, threads: int, use_gpu: bool) -> dict:
     if runs is None:
         detail = "; ".join(parsed.get("errors", [])[-3:]) or "no timing lines in its output"
         raise AdbError(f"benchmark_model reported no timings: {detail}")
-    ms = {k: round(runs[k] / 1000, 4) if k in runs else None for k in ("min", "max", "avg", "std", "first")}
+    ms = {k: round(runs[k] / 1000, 4) if k in runs else None
+          for k in ("min", "max", "avg", "std", "first", "median")}
     timings = parsed.get("timings_us", {})
     mem = parsed.get("memory_mb", {})
     delegate = parsed.get("delegate")
     return {"threads": int(threads), "use_gpu": bool(use_gpu), "runs": int(runs.get("count", 0)),
-            "median_ms": None, "p90_ms": None, "mean_ms": ms["avg"], "min_ms": ms["min"], "max_ms": ms["max"],
+            "median_ms": ms["median"], "p90_ms": None, "mean_ms": ms["avg"], "min_ms": ms["min"], "max_ms": ms["max"],
             "std_ms": ms["std"], "first_ms": ms["first"],
             "init_ms": round(timings["init"] / 1000, 3) if "init" in timings else None,
             "peak_memory_mb": mem.get("peak"), "memory_delta_init_mb": mem.get("delta_init"),
@@ -164,7 +195,8 @@ def row_from_output(parsed: dict, threads: int, use_gpu: bool) -> dict:
             "delegate": delegate["name"] if delegate else None,
             "delegated_nodes": f"{delegate['nodes']}/{delegate['total_nodes']}" if delegate else None,
             "gpu_delegate_created": bool(parsed.get("gpu")), "warnings": parsed.get("errors", []),
-            "latency_statistic": "mean (benchmark_model prints no median)"}
+            "latency_statistic": "median (benchmark_model's)" if ms["median"] is not None
+            else "mean (this benchmark_model prints no median)"}
 
 
 def _run(cmd: list[str], what: str, timeout: float = 600) -> str:
@@ -198,23 +230,23 @@ def benchmark_on_device(models, threads=(4,), use_gpu: bool = False, runs: int =
             raise FileNotFoundError(f"benchmark binary not found: {binary}. {_missing_binary_message()}")
         say(f"pushing {binary} to {device}:{DEVICE_BINARY}")
         _run(adb_command(adb, device, "push", str(binary), DEVICE_BINARY), "adb push")
-        _run(adb_command(adb, device, "shell", "chmod", "755", DEVICE_BINARY), "adb shell chmod")
+        _run(shell_command(adb, device, "chmod", "755", DEVICE_BINARY), "adb shell chmod")
     else:
-        listing = subprocess.run(adb_command(adb, device, "shell", "ls", DEVICE_BINARY),
+        listing = subprocess.run(shell_command(adb, device, "ls", DEVICE_BINARY),
                                  capture_output=True, text=True, timeout=60)
         if listing.returncode != 0 or "No such file" in listing.stdout + listing.stderr:
             raise AdbError(_missing_binary_message())
     remote = []
     for i, info in enumerate(infos):
-        dest = f"{DEVICE_DIR}/sinet_bench_{i}_{Path(info['model']).name}"
+        dest = f"{DEVICE_DIR}/{device_file_name(i, info['model'])}"
         say(f"pushing {info['model']} to {device}:{dest}")
         _run(adb_command(adb, device, "push", info["model"], dest), "adb push")
         remote.append(dest)
     rows = []
     for n in threads:
         for info, dest in zip(infos, remote):
-            cmd = adb_command(adb, device, "shell", *benchmark_model_command(dest, n, use_gpu, runs, warmup))
-            say(" ".join(cmd[cmd.index("shell") + 1:]))
+            cmd = shell_command(adb, device, *benchmark_model_command(dest, n, use_gpu, runs, warmup))
+            say(cmd[-1])
             text = _run(cmd, f"benchmark_model on {info['name']}")
             row = {**info, "device": device, "warmup": int(warmup), "command": " ".join(cmd),
                    **row_from_output(parse_benchmark_output(text), n, use_gpu)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sinet_tf.files import write_atomic
+
 __all__ = ["bench_table", "scatter_path", "write_plots"]
 
 
@@ -87,7 +89,6 @@ def write_plots(rows: list[dict], out: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from sinet_tf.files import write_atomic
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

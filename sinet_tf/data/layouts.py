@@ -36,6 +36,7 @@ split in a ``<split>/`` sub-folder (``train/images/`` + ``train/masks/``).
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -317,6 +318,9 @@ def _pair_by_stem(img_dir: Path, mask_dir: Path, matte: bool):
     return sorted(samples, key=lambda s: str(s.image)), problems, len(images) + len(masks)
 
 
+_COMMENT = re.compile(r"(?:^|\s)#")
+
+
 def _parse_list(list_file: Path):
     """Samples from a list file (``image mask`` pairs, or EG1800 names); returns
     (samples, problems, layout)."""
@@ -333,7 +337,9 @@ def _parse_list(list_file: Path):
     layout = None
     eg_images, eg_labels = _subdir(base, "Images"), _subdir(base, "Labels")
     for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
+        # a comment starts with a # at the beginning of a line or after a space: a # inside a
+        # file name (photo#1.jpg) is part of the name
+        line = _COMMENT.split(line, 1)[0].strip()
         if not line:
             continue
         parts = line.split()
@@ -416,7 +422,7 @@ class ListFile(Layout):
 
     name = "list"
     description = ("a list file of ``image mask`` pairs (paths relative to the list file's folder; blank "
-                   "lines and ``#`` comments ignored): ``source`` is the file, or a folder plus ``split`` "
+                   "lines and comments, from a ``#`` at a line's start or after a space, ignored): ``source`` is the file, or a folder plus ``split`` "
                    "(``<split>.txt``).")
     split_support = "required"
 

@@ -97,7 +97,8 @@ def make_pipeline(source: SegmentationSource, input_size: tuple[int, int], batch
                   augment: PortraitNetAugmentation | bool | None = True, backend: str = "tf",
                   shuffle: bool = True, seed: int = 0, cache: bool = True,
                   two_views: bool = False, drop_remainder: bool = False,
-                  label_stride: int = 1, epochs: int = 1, initial_epoch: int = 0) -> tf.data.Dataset:
+                  label_stride: int = 1, epochs: int = 1, initial_epoch: int = 0,
+                  slices: tuple[int, int, int] | None = None) -> tf.data.Dataset:
     """Batches of ``(image float32 [B, h, w, 3] RGB in [0, 255], label uint8 [B, h', w'])``
     for epochs ``initial_epoch .. epochs - 1`` (batches never straddle two epochs).
 
@@ -112,6 +113,12 @@ def make_pipeline(source: SegmentationSource, input_size: tuple[int, int], batch
       same geometry, for PortraitNet's consistency loss.
     * ``label_stride``: labels subsampled (nearest, centre of each cell) by this factor,
       e.g. 8 for SINet's stage-1 encoder, whose logits are at 1/8 resolution.
+    * ``slices``: ``(first, stop, total)`` for distributed training: every batch of
+      ``batch_size`` (the global batch) is cut into ``total`` consecutive slices of
+      ``batch_size / total`` examples, one per replica, and this pipeline yields slices
+      ``first .. stop - 1`` of every batch in order, each a batch of its own (a worker's
+      share, for its local replicas). Examples keep their global positions, hence their
+      seeds: the slices of all workers together are exactly the single-device batches.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown augmentation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -128,13 +135,23 @@ def make_pipeline(source: SegmentationSource, input_size: tuple[int, int], batch
     out_hw = (int(input_size[0]), int(input_size[1]))
     if label_stride < 1 or out_hw[0] % label_stride or out_hw[1] % label_stride:
         raise ValueError(f"label_stride {label_stride} does not divide the input size {out_hw}")
+    out_batch = batch_size
+    if slices is not None:
+        first, stop, total = (int(v) for v in slices)
+        if total < 1 or batch_size % total:
+            raise ValueError(f"batch size {batch_size} does not divide into {total} replicas "
+                             f"({batch_size} / {total} = {batch_size / total:g} examples each)")
+        if not 0 <= first < stop <= total:
+            raise ValueError(f"slices {first}..{stop - 1} of {total} are not slices of a batch")
+        out_batch = batch_size // total
+        slices = (first, stop, total)
     spec = PortraitNetAugmentation() if augment is True else (augment or None)
     if two_views and spec is None:
         raise ValueError("two_views needs augmentation (the views differ by texture changes)")
 
     if spec is not None and backend == "tf":
         return _tf_backend(source, out_hw, batch_size, spec, shuffle, seed, cache, two_views,
-                           drop_remainder, label_stride, epochs, initial_epoch)
+                           drop_remainder, label_stride, epochs, initial_epoch, slices)
 
     reader = _Reader(source, cache)
 
@@ -166,32 +183,42 @@ def make_pipeline(source: SegmentationSource, input_size: tuple[int, int], batch
         return parts[0], label
 
     def one_epoch(epoch):
-        ds = _epoch_order(n, shuffle, seed, epoch)
+        ds = _epoch_order(n, shuffle, seed, epoch, batch_size, drop_remainder, slices)
         ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=drop_remainder)
+        return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE).batch(out_batch, drop_remainder=drop_remainder)
 
     ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _epoch_order(n, shuffle, seed, epoch) -> tf.data.Dataset:
+def _epoch_order(n, shuffle, seed, epoch, batch_size=None, drop_remainder=False, slices=None) -> tf.data.Dataset:
     """``(index, example seed [2])`` of epoch ``epoch`` in order: the stateless shuffle of
-    ``(seed, epoch)`` and the seeds ``(seed, epoch * n + position)``."""
+    ``(seed, epoch)`` and the seeds ``(seed, epoch * n + position)``; with ``slices``
+    (``(first, stop, total)``), only the positions in slices ``first .. stop - 1`` of each
+    global batch of ``batch_size`` (and none of a last batch that ``drop_remainder`` drops)."""
     order = tf.range(n, dtype=tf.int64)
     if shuffle:
         order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
     positions = tf.range(n, dtype=tf.int64)
     seeds = tf.stack([tf.fill([n], tf.constant(seed, tf.int64)), epoch * n + positions], axis=1)
+    if slices is not None:
+        first, stop, total = slices
+        slice_of = (positions % batch_size) // (batch_size // total)
+        keep = (slice_of >= first) & (slice_of < stop)
+        if drop_remainder:
+            keep &= positions < (n // batch_size) * batch_size
+        order, seeds = tf.boolean_mask(order, keep), tf.boolean_mask(seeds, keep)
     return tf.data.Dataset.from_tensor_slices((order, seeds))
 
 
 def _tf_backend(source, out_hw, batch_size, spec, shuffle, seed, cache, two_views, drop_remainder,
-                label_stride, epochs, initial_epoch) -> tf.data.Dataset:
+                label_stride, epochs, initial_epoch, slices=None) -> tf.data.Dataset:
     """The ``tf`` backend: batches of indices -> cached canvases -> one :func:`augment_batch`."""
     n = len(source)
     hw = canvas_size(spec, out_hw)
     reader = _CanvasReader(source, cache, hw, spec.image_fill, spec.label_fill)
-    full = min(batch_size, n)  # the size every batch is augmented at
+    out_batch = batch_size if slices is None else batch_size // slices[2]
+    full = min(out_batch, n)  # the size every batch is augmented at
 
     def augment(indices, seeds):
         k = tf.shape(indices)[0]
@@ -210,7 +237,8 @@ def _tf_backend(source, out_hw, batch_size, spec, shuffle, seed, cache, two_view
         return parts[0], label
 
     def one_epoch(epoch):
-        return _epoch_order(n, shuffle, seed, epoch).batch(batch_size, drop_remainder=drop_remainder)
+        return _epoch_order(n, shuffle, seed, epoch, batch_size, drop_remainder, slices).batch(
+            out_batch, drop_remainder=drop_remainder)
 
     # the augmentation maps the batches of all epochs: one function instance per iterator
     ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)

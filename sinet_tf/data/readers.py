@@ -17,6 +17,15 @@ registry in :mod:`sinet_tf.data.layouts`, where a new layout is one class and on
 
 Mattes are binarised as person = alpha >= 128 (0.5).
 
+Damaged files
+-------------
+A file that does not decode is an ``unreadable_image``/``unreadable_mask`` problem, and
+so is a JPEG that libjpeg decodes only partly ("Corrupt JPEG data: ...", "Premature end
+of JPEG file": OpenCV returns it with the damaged part grey; see
+:func:`sinet_tf.files.decode_image`). A mask that is 255 everywhere in a dataset whose
+other masks use 1 for person (so 255 means ignore there) is an ``ambiguous_mask``
+problem: read as {0,255} it would be scored as all person.
+
 Mask encodings
 --------------
 Binary (the default classes ``background``/``person``): ``{0,1}`` as is; ``{0,255}``
@@ -60,7 +69,8 @@ from sinet_tf.data.base import BINARY_CLASSES, IGNORE_INDEX, SegmentationSource
 from sinet_tf.data.layouts import (MASK_FOLDER_PAIRS, MATTE_FOLDERS, MATTE_IMAGE_FOLDERS, SPLITS,  # noqa: F401
                                    DataError, Problem, Sample, _structural)
 from sinet_tf.data.layouts import scan as _scan
-from sinet_tf.files import apply_exif_orientation, exif_orientation
+from sinet_tf.files import apply_exif_orientation, decode_image, exif_orientation
+from sinet_tf.progress import progress_bar
 
 __all__ = ["load_dataset", "check_dataset", "FileDataset", "Sample", "Problem", "DataReport",
            "DataError", "LAYOUTS"]
@@ -249,9 +259,12 @@ def _read_bytes(path: Path, role: str) -> bytes:
 
 
 def _decode_unchanged(data: bytes, path: Path, role: str) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    arr, warnings = decode_image(data, cv2.IMREAD_UNCHANGED) if data else (None, [])
     if arr is None:
         raise _Bad(f"unreadable_{role}", path, _why_undecodable(data, path))
+    if warnings:
+        raise _Bad(f"unreadable_{role}", path, f"corrupt JPEG data ({'; '.join(dict.fromkeys(warnings))}): "
+                                               "libjpeg decodes it only partly")
     return arr
 
 
@@ -280,6 +293,7 @@ class _Decoded:
     aspect_mismatch: bool = False
     encoding: str = ""
     empty: bool = False
+    all_255: bool = False
     class_hist: np.ndarray | None = None
 
 
@@ -428,6 +442,7 @@ def _decode_pair(sample: Sample, num_classes: int, ignore_index: int, stats: boo
             values = values.astype(np.uint8)
         hist = np.bincount(values.ravel(), minlength=256)
         lut, enc = _label_lut(hist, path, num_classes, ignore_index, binary)
+        out.all_255 = binary and hist[255] == values.size
         out.encoding = enc if encoding != "palette" else f"palette {enc}"
         label = lut[values]
         if (mh, mw) != (h, w):
@@ -486,8 +501,8 @@ class FileDataset(SegmentationSource):
 
 
 def _raise_message(p: Problem) -> str:
-    return (f"{p.path}: {p.message}. To drop bad samples and continue, use on_error=\"skip\" "
-            f"(command line: --skip-bad); `sinet data check` lists every problem")
+    return (f"{p.path}: {p.message}. To drop bad samples and continue: `on_bad_sample: skip` in a training "
+            f"recipe, on_error=\"skip\" in Python; `sinet data check` lists every problem")
 
 
 # --------------------------------------------------------------------------- validation
@@ -505,9 +520,10 @@ def _check_args(classes, ignore_index, on_error="raise"):
 
 
 def _validate(samples: Sequence[Sample], report: DataReport, stop_at_first: bool = False,
-              workers: int | None = None) -> list[int]:
+              workers: int | None = None, progress: bool | None = None) -> list[int]:
     """Decode every pair once, fill ``report``; returns the indices of bad samples.
-    With ``stop_at_first`` raises DataError at the first bad sample (in order)."""
+    With ``stop_at_first`` raises DataError at the first bad sample (in order).
+    ``progress``: a bar on stderr (None: when stderr is a terminal)."""
     nc, ig = len(report.classes), report.ignore_index
 
     def work(s: Sample):
@@ -523,35 +539,58 @@ def _validate(samples: Sequence[Sample], report: DataReport, stop_at_first: bool
 
     workers = workers or min(4, os.cpu_count() or 1)
     bad: list[int] = []
-    hist = np.zeros(256, np.int64)
-    sizes: Counter = Counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    decoded: list[tuple[int, _Decoded, int, int]] = []
+    label = str(report.root) + (f" ({report.split})" if report.split else "")
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            progress_bar(f"checking {len(samples)} pairs of {label}", len(samples), progress) as advance:
         for i, (d, h, w, problem) in enumerate(pool.map(work, samples)):
+            advance()
             if problem is not None:
                 if stop_at_first:
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise DataError(_raise_message(problem), [problem])
                 report.problems.append(problem)
                 bad.append(i)
-                continue
-            s = samples[i]
-            report.num_readable += 1
-            report.image_heights.append(h)
-            report.image_widths.append(w)
-            sizes[(w, h)] += 1
-            hist += d.class_hist
-            report.masks_resized += d.resized
-            report.greyscale_images += d.greyscale
-            report.exif_rotated += d.rotated
-            report.mattes += s.matte
-            report.encodings[d.encoding] = report.encodings.get(d.encoding, 0) + 1
-            if d.empty:
-                path = str(s.mask or s.image)
-                report.empty_masks.append(path)
-                report.warnings.append(Problem("empty_mask", path, "empty mask: no person pixels"))
-            if d.aspect_mismatch:
-                report.warnings.append(Problem("aspect_mismatch", str(s.mask or s.image),
-                                               "mask has another aspect ratio than its image; resized anyway"))
+            else:
+                decoded.append((i, d, h, w))
+    # An all-255 mask reads as {0,255} (255 = person); where the other masks use 1 for person,
+    # 255 means ignore there, so the mask is all ignore or broken, never all person.
+    if any(d.encoding.startswith(("{0,1", "palette {0,1")) for _, d, _, _ in decoded):
+        for i, d, _, _ in decoded:
+            if d.all_255:
+                s = samples[i]
+                problem = Problem("ambiguous_mask", str(s.mask or s.image),
+                                  "mask is 255 everywhere while the other masks of this dataset use 1 for person "
+                                  "(so 255 = ignore): all ignore or a broken mask, not all person")
+                if stop_at_first:
+                    raise DataError(_raise_message(problem), [problem])
+                report.problems.append(problem)
+                bad.append(i)
+        bad.sort()
+    hist = np.zeros(256, np.int64)
+    sizes: Counter = Counter()
+    rejected = set(bad)
+    for i, d, h, w in decoded:
+        if i in rejected:
+            continue
+        s = samples[i]
+        report.num_readable += 1
+        report.image_heights.append(h)
+        report.image_widths.append(w)
+        sizes[(w, h)] += 1
+        hist += d.class_hist
+        report.masks_resized += d.resized
+        report.greyscale_images += d.greyscale
+        report.exif_rotated += d.rotated
+        report.mattes += s.matte
+        report.encodings[d.encoding] = report.encodings.get(d.encoding, 0) + 1
+        if d.empty:
+            path = str(s.mask or s.image)
+            report.empty_masks.append(path)
+            report.warnings.append(Problem("empty_mask", path, "empty mask: no person pixels"))
+        if d.aspect_mismatch:
+            report.warnings.append(Problem("aspect_mismatch", str(s.mask or s.image),
+                                           "mask has another aspect ratio than its image; resized anyway"))
     report.distinct_sizes = len(sizes)
     report.class_pixels = {name: int(hist[k]) for k, name in enumerate(report.classes)}
     report.ignore_pixels = int(hist[ig])
@@ -570,7 +609,7 @@ def _new_report(root, layout, split, classes, ignore_index, n) -> DataReport:
 
 
 def check_dataset(source, split: str | None = None, classes: Sequence[str] | None = None,
-                  ignore_index: int = IGNORE_INDEX, *, mattes: bool = False) -> DataReport:
+                  ignore_index: int = IGNORE_INDEX, *, mattes: bool = False, progress: bool | None = None) -> DataReport:
     """Decode every pair once and report statistics and every problem. Sample-level
     problems are collected in ``report.problems``; structural problems (unknown layout,
     empty dataset, missing or malformed list file) raise :class:`DataError`.
@@ -589,14 +628,14 @@ def check_dataset(source, split: str | None = None, classes: Sequence[str] | Non
     report.problems.extend(scan)
     if not samples and not scan:
         raise _structural("empty_dataset", root, f"{root}: no image/mask pairs found (empty dataset)")
-    _validate(samples, report)
+    _validate(samples, report, progress=progress)
     report.elapsed_s = time.perf_counter() - t0
     return report
 
 
 def load_dataset(source, split: str | None = None, classes: Sequence[str] | None = None,
                  ignore_index: int = IGNORE_INDEX, on_error: str = "raise", validate: bool = True,
-                 *, mattes: bool = False) -> FileDataset:
+                 *, mattes: bool = False, progress: bool | None = None) -> FileDataset:
     """Open a dataset folder or list file (layout detected, see the module docstring).
 
     ``on_error="raise"``: the first bad sample raises :class:`DataError` naming the file
@@ -604,7 +643,8 @@ def load_dataset(source, split: str | None = None, classes: Sequence[str] | None
     ``.skipped`` and a warning names how many and the first few files. With
     ``validate=True`` every pair is decoded once (``.report``); otherwise decoding
     problems surface in ``read``. ``mattes=True`` treats every mask as an alpha matte
-    (person = value >= 128). Structural problems always raise.
+    (person = value >= 128). Structural problems always raise. ``progress``: a bar on
+    stderr while validating (None: when stderr is a terminal).
     """
     t0 = time.perf_counter()
     classes, ignore_index = _check_args(classes, ignore_index, on_error)
@@ -618,7 +658,7 @@ def load_dataset(source, split: str | None = None, classes: Sequence[str] | None
     if validate and samples:
         report = _new_report(root, layout, split, classes, ignore_index, len(samples))
         report.problems.extend(scan)
-        bad = _validate(samples, report, stop_at_first=on_error == "raise")
+        bad = _validate(samples, report, stop_at_first=on_error == "raise", progress=progress)
         skipped.extend(report.problems[len(scan):])
         bad_set = set(bad)
         samples = [s for i, s in enumerate(samples) if i not in bad_set]

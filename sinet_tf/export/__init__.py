@@ -13,7 +13,7 @@ import importlib
 
 _NAMES = {
     "ExportReport": "exporter", "calibration_images": "exporter", "export_tflite": "exporter",
-    "load_export_source": "exporter",
+    "load_export_source": "exporter", "read_export_report": "exporter",
     "GpuReport": "gpu_compat", "OpVerdict": "gpu_compat", "check_gpu_compatibility": "gpu_compat",
     "OUTPUT_HEADS": "heads", "with_output_head": "heads",
     "ExportError": "quantize", "IO_TYPES": "quantize", "QUANTIZE_MODES": "quantize", "convert": "quantize",

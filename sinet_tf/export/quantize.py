@@ -23,6 +23,7 @@ resource reads unless they are folded first.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from io import StringIO
 from typing import Callable, Iterable
 
@@ -46,7 +47,8 @@ from sinet_tf.runtime.model_file import (
 )
 
 __all__ = ["CALIBRATION_RANGES", "QUANTIZE_MODES", "IO_TYPES", "ExportError", "TFLiteContents", "average_ranges",
-           "convert", "inspect_tflite", "output_kind"]
+           "calibrate", "convert", "inspect_tflite", "output_kind", "quantize_calibrated_model",
+           "representative_dataset"]
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 IO_TYPES = ("float32", "uint8", "int8")
@@ -93,14 +95,7 @@ def inspect_tflite(data: bytes, quantize: str = "none") -> TFLiteContents:
 CALIBRATION_RANGES = ("minmax", "average")
 
 
-def convert(model, quantize: str = "none", io: str = "float32",
-            representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
-            ranges: str = "minmax") -> bytes:
-    """Convert a batch-1 Keras functional model to ``.tflite`` bytes in mode ``quantize``.
-
-    int8 only: ``ranges`` is how activation ranges come from the calibration images
-    (``"minmax"``: TFLite's, over all of them; ``"average"``: the mean of each image's
-    minimum and maximum, :func:`average_ranges`)."""
+def _check_modes(quantize: str, io: str) -> None:
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     if io not in IO_TYPES:
@@ -108,34 +103,106 @@ def convert(model, quantize: str = "none", io: str = "float32",
     if io != "float32" and quantize != "int8":
         raise ExportError(f"--io {io} needs a full-integer model (--quantize int8); "
                           f"a {quantize} model takes and returns float32")
+
+
+def _io_dtype(io: str):
+    return {"float32": tf.float32, "uint8": tf.uint8, "int8": tf.int8}[io]
+
+
+def calibrate(model, representative: Callable[[], Iterable[list[np.ndarray]]], io: str = "float32") -> bytes:
+    """The float ``.tflite`` model of a batch-1 Keras functional model with TFLite's
+    calibration statistics (each activation's min/max over the ``representative`` images):
+    the first half of an int8 conversion. :func:`quantize_calibrated_model` is the second;
+    in between, the ranges can be replaced (:mod:`sinet_tf.export.calibration`)."""
+    _check_modes("int8", io)
+    converter = frozen_graph_converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = _io_dtype(io)
+    calibrate_only(converter)
+    with contextlib.redirect_stdout(StringIO()), warnings.catch_warnings():  # the converter prints its settings
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
+
+
+@contextlib.contextmanager
+def _quiet_native_stdout():
+    """Silence what native code prints on file descriptor 1 (the MLIR quantizer prints its
+    settings on every call)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (an embedding host): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def quantize_calibrated_model(calibrated: bytes, io: str, input_names_: list[str]) -> bytes:
+    """The full-integer model of a calibrated float model (:func:`calibrate`), with the
+    ranges it carries, as ``TFLiteConverter.convert()`` makes it (per-channel weights), and
+    a ``serving_default`` signature over ``input_names_``."""
+    with contextlib.redirect_stdout(StringIO()), _quiet_native_stdout():
+        data = quantize_calibrated(calibrated, _io_dtype(io))
+    return add_serving_signature(data, input_names_)
+
+
+def convert(model, quantize: str = "none", io: str = "float32",
+            representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+            ranges: str = "minmax") -> bytes:
+    """Convert a batch-1 Keras functional model to ``.tflite`` bytes in mode ``quantize``.
+
+    int8 only: ``ranges`` is how activation ranges come from the calibration images
+    (``"minmax"``: TFLite's, over all of them; ``"average"``: the mean of each image's
+    minimum and maximum, :func:`average_ranges`). The exporter chooses among more range
+    estimators by measurement (:mod:`sinet_tf.export.calibration`)."""
+    _check_modes(quantize, io)
     if quantize == "int8" and representative is None:
         raise ExportError("int8 quantization needs calibration images (--calibration-data SRC)")
     if ranges not in CALIBRATION_RANGES:
         raise ExportError(f"unknown calibration ranges {ranges!r}; choose one of {', '.join(CALIBRATION_RANGES)}")
+    if quantize == "int8":
+        calibrated = calibrate(model, representative, io)
+        if ranges == "average":
+            calibrated = average_ranges(calibrated, [np.asarray(batch[0])[0] for batch in representative()])
+        return quantize_calibrated_model(calibrated, io, input_names(model))
     converter = frozen_graph_converter(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "fp16":
         converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        dtype = {"float32": tf.float32, "uint8": tf.uint8, "int8": tf.int8}[io]
-        converter.inference_input_type = dtype
-        converter.inference_output_type = dtype
-        # calibrate here, quantize below: what converter.convert() does in one step, with
-        # the calibrated float model in between for other range statistics
-        calibrate_only(converter)
-    # the converter prints its quantization settings; keep the console readable
     with contextlib.redirect_stdout(StringIO()):
         data = converter.convert()
-        if quantize == "int8":
-            calibrated = data
-            if ranges == "average":
-                calibrated = average_ranges(calibrated, [np.asarray(batch[0])[0] for batch in representative()])
-            data = quantize_calibrated(calibrated, dtype)
     return add_serving_signature(data, input_names(model))
+
+
+def representative_dataset(images: np.ndarray, advance=None):
+    """The converter's calibration generator. The first image is repeated once with its
+    top row black and bottom row white, so the input's calibrated range is exactly
+    [0, 255]: an int8/uint8 input then has scale 1 (uint8 zero point 0, int8 -128), and
+    a phone feeds camera bytes as they are. ``advance()`` is called per image (a progress bar)."""
+    pinned = images[0].copy()
+    pinned[0], pinned[-1] = 0.0, 255.0
+
+    def gen():
+        yield [pinned[None].astype(np.float32)]
+        for im in images:
+            yield [im[None].astype(np.float32)]
+            if advance is not None:
+                advance()
+
+    return gen
 
 
 def _per_image_ranges(data: bytes, images, indices):

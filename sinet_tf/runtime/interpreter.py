@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sinet_tf.runtime.model_file import output_kind
+
 __all__ = ["TFLiteRunner", "make_interpreter", "quantization_of"]
 
 
@@ -61,8 +63,6 @@ class TFLiteRunner:
     @property
     def output_kind(self) -> str:
         """``logits`` or ``probabilities`` (see :func:`sinet_tf.runtime.model_file.output_kind`)."""
-        from sinet_tf.runtime.model_file import output_kind
-
         return output_kind(self._data)
 
     @property

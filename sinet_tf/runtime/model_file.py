@@ -145,10 +145,30 @@ def input_range(contents: TFLiteContents) -> tuple[tuple[float, float], str]:
     return (0.0, 255.0), "default"
 
 
+def _is_constant_one(model, sub, producer, tensor: int) -> bool:
+    """Whether ``tensor`` is a constant of ones (stored, or a DEQUANTIZE of a stored fp16 one)."""
+    op = producer.get(tensor)
+    if op is not None and op_name(model, op.opcodeIndex) == "DEQUANTIZE":
+        tensor = int(op.inputs[0])
+    t = sub.tensors[tensor]
+    if not is_constant(model, t):
+        return False
+    dtype = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.float16}.get(t.type)
+    if dtype is None:
+        return False
+    data = model.buffers[t.buffer].data
+    if data is None:
+        return False
+    values = np.frombuffer(bytes(bytearray(data)), dtype=dtype)
+    return values.size > 0 and bool(np.all(values == 1))
+
+
 def output_kind(data: bytes) -> str:
     """``probabilities`` if the first output comes from LOGISTIC or SOFTMAX (possibly through
     QUANTIZE/DEQUANTIZE, pixel rearrangements such as the DEPTH_TO_SPACE after an int8
-    block classifier, or a channel-picking CONV_2D after a SOFTMAX), else ``logits``."""
+    block classifier, or a channel-picking CONV_2D after a SOFTMAX), or from a MINIMUM with
+    a constant 1 (a matte clipped to [0, 1], as the guided refinement of ``sinet export
+    --refine guided`` ends), else ``logits``."""
     model = parse_model(data)
     sub = model.subgraphs[0]
     producer = {int(t): op for op in sub.operators for t in op.outputs}
@@ -159,6 +179,8 @@ def output_kind(data: bytes) -> str:
             return "logits"
         name = op_name(model, op.opcodeIndex)
         if name in ("LOGISTIC", "SOFTMAX"):
+            return "probabilities"
+        if name == "MINIMUM" and any(_is_constant_one(model, sub, producer, int(t)) for t in op.inputs):
             return "probabilities"
         if name in ("QUANTIZE", "DEQUANTIZE", "DEPTH_TO_SPACE", "RESHAPE") or (name == "CONV_2D" and not conv_seen):
             conv_seen = conv_seen or name == "CONV_2D"

@@ -4,11 +4,12 @@ from sinet_tf.train.config import RecipeError, StageConfig, TrainConfig, load_re
 from sinet_tf.train.trainer import (
            SGDL2,
            AdamL2,
+           TrainingDiverged,
            TrainingError,
            make_strategy,
            train,
            transfer_weights,
 )
 
-__all__ = ["AdamL2", "RecipeError", "SGDL2", "StageConfig", "TrainConfig", "TrainingError", "load_recipe",
+__all__ = ["AdamL2", "RecipeError", "SGDL2", "StageConfig", "TrainConfig", "TrainingDiverged", "TrainingError", "load_recipe",
            "make_strategy", "train", "transfer_weights"]

@@ -4,18 +4,28 @@ A recipe names a model, data, the optimizer and schedule, the loss, augmentation
 one or more *stages* (SINet trains its encoder first, then the whole network initialized
 from the best encoder). Keys given at the top level apply to every stage; a stage
 overrides them. Unknown keys are errors that name the key and suggest the closest one.
+
+Every value is checked for its type and range before anything is built (``learning_rate``
+a number > 0, ``batch_size`` and ``epochs`` whole numbers >= 1, ``input_size`` a pair of
+positive multiples of the model's ``input_multiple``, ...): an error names the file, the
+stage where it matters, the key and the value, e.g.
+``training/x.yaml: learning_rate: 'fast' is not a number``. Numbers written the YAML 1.1
+way PyYAML reads as text (``5e-4``) are accepted as numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sinet_tf.data.augment import PortraitNetAugmentation
+from sinet_tf.losses import build_loss
 from sinet_tf.registry import get_model_info
 
 __all__ = ["StageConfig", "TrainConfig", "RecipeError", "load_recipe", "parse_override", "RECIPE_DIR"]
@@ -84,6 +94,179 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# --------------------------------------------------------------------------- typed values
+
+
+class _Invalid(ValueError):
+    """A value of the wrong type or out of range (the message follows ``key: ``)."""
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _as_number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Invalid(f"{_show(value)} is not a number")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _Invalid(f"{_show(value)} is not a number") from None
+    if not math.isfinite(value):
+        raise _Invalid(f"{_show(value)} is not a finite number")
+    return float(value)
+
+
+def _number(gt=None, ge=None, lt=None, le=None):
+    def check(value):
+        v = _as_number(value)
+        for bound, ok, word in ((gt, lambda: v > gt, ">"), (ge, lambda: v >= ge, ">="),
+                                (lt, lambda: v < lt, "<"), (le, lambda: v <= le, "<=")):
+            if bound is not None and not ok():
+                raise _Invalid(f"{_show(value)} must be {word} {bound:g}")
+        return v
+    return check
+
+
+def _as_int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
+        raise _Invalid(f"{_show(value)} is not a whole number")
+    return int(value)
+
+
+def _integer(ge=None):
+    def check(value):
+        v = _as_int(value)
+        if ge is not None and v < ge:
+            raise _Invalid(f"{_show(value)} must be >= {ge}")
+        return v
+    return check
+
+
+def _optional(inner):
+    def check(value):
+        return None if value is None else inner(value)
+    return check
+
+
+def _boolean(value):
+    if not isinstance(value, bool):
+        raise _Invalid(f"{_show(value)} is not true or false")
+    return value
+
+
+def _text(value):
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"{_show(value)} is not a non-empty text")
+    return value
+
+
+def _path(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)   # a folder named by digits
+    return _text(value)
+
+
+def _choice(*options):
+    def check(value):
+        if value not in options or isinstance(value, bool) != any(isinstance(o, bool) and o == value
+                                                                    for o in options):
+            raise _Invalid(f"{_show(value)} is not one of {', '.join(_show(o) for o in options)}")
+        return value
+    return check
+
+
+def _mapping(value):
+    if not isinstance(value, dict):
+        raise _Invalid(f"{_show(value)} is not a mapping of keys")
+    return value
+
+
+def _int_list(ge=1):
+    def check(value):
+        if not isinstance(value, (list, tuple)):
+            raise _Invalid(f"{_show(value)} is not a list (write [{_show(value)}])")
+        try:
+            return tuple(_integer(ge)(v) for v in value)
+        except _Invalid as e:
+            raise _Invalid(f"{_show(list(value))}: {e}") from None
+    return check
+
+
+def _text_list(value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"{_show(value)} is not a list of texts")
+    return tuple(value)
+
+
+def _input_size(value):
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        hint = f" (write [{value}, {value}])" if isinstance(value, int) and not isinstance(value, bool) else ""
+        raise _Invalid(f"{_show(value)} is not a pair [height, width]{hint}")
+    try:
+        return tuple(_integer(1)(v) for v in value)
+    except _Invalid as e:
+        raise _Invalid(f"{_show(list(value))}: {e}") from None
+
+
+def _value_range(value):
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _Invalid(f"{_show(value)} is not a pair [low, high]")
+    low, high = (_number()(v) for v in value)
+    if not low < high:
+        raise _Invalid(f"{_show(list(value))}: low must be below high")
+    return (low, high)
+
+
+def _augment(value):
+    if isinstance(value, (bool, dict)):
+        return value
+    raise _Invalid(f"{_show(value)} is not true, false or a mapping of augmentation parameters")
+
+
+def _loss(value):
+    if isinstance(value, (str, dict, list)) and value:
+        return value
+    raise _Invalid(f"{_show(value)} is not a loss spec (e.g. \"ce + 1.0 * boundary(window=15)\")")
+
+
+_STAGE_TYPES = {
+    "name": _text, "model": _text, "model_kwargs": _mapping, "input_size": _input_size,
+    "epochs": _integer(1), "batch_size": _integer(1), "learning_rate": _number(gt=0),
+    "optimizer": _choice("adam", "sgd"), "momentum": _number(ge=0, lt=1),
+    "lr_schedule": _choice("step", "poly"), "lr_milestones": _int_list(1), "lr_factor": _number(gt=0),
+    "lr_step_every": _optional(_integer(1)), "lr_power": _number(gt=0), "weight_decay": _number(ge=0),
+    "weight_decay_exclude": _text_list, "loss": _loss, "label_stride": _integer(1), "augment": _augment,
+    "backend": _choice("tf", "imgaug"), "two_views": _boolean, "consistency_weight": _number(ge=0),
+    "temperature": _number(gt=0), "edge_weight": _number(ge=0), "aux_weight": _number(ge=0),
+    "init": _optional(_text), "init_strict": _boolean, "early_stopping_patience": _optional(_integer(1)),
+    "jit_compile": _choice(True, False, "auto"), "run_eagerly": _boolean,
+    "lr_multipliers": _mapping, "teacher": _optional(_text), "teacher_resize": _boolean,
+    "teacher_input_range": _optional(_value_range),
+}
+_TOP_TYPES = {
+    "data": _path, "val_data": _optional(_path), "train_split": _optional(_text), "val_split": _optional(_text),
+    "seed": _integer(0), "mixed_precision": _choice("auto", True, False, "on", "off", "mixed_float16"),
+    "strategy": _choice("default", "mirrored", "multiworker", "tpu"), "on_bad_sample": _choice("raise", "skip"),
+    "extra_data": _optional(_text), "copy_paste": _integer(0),
+}
+
+
+def _typed(values: dict, types: dict, where: str, overridden: set) -> dict:
+    """``values`` with every known key checked and converted; RecipeError names the key."""
+    out = dict(values)
+    for key, value in values.items():
+        if key in types:
+            try:
+                out[key] = types[key](value)
+            except _Invalid as e:
+                origin = " (set on the command line)" if key in overridden else ""
+                raise RecipeError(f"{where}{key}: {e}{origin}") from None
+    return out
+
+
 _STAGE_KEYS = {f.name for f in fields(StageConfig)}
 _TOP_KEYS = {f.name for f in fields(TrainConfig)} - {"stages", "recipe"}
 
@@ -91,14 +274,6 @@ _TOP_KEYS = {f.name for f in fields(TrainConfig)} - {"stages", "recipe"}
 def _suggest(key, valid):
     close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
-
-
-def _coerce(stage: dict) -> dict:
-    out = dict(stage)
-    for k in ("input_size", "lr_milestones", "weight_decay_exclude"):
-        if k in out and out[k] is not None:
-            out[k] = tuple(out[k])
-    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -122,12 +297,15 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
             raise RecipeError(f"recipe not found: {path} (recipes in training/: {', '.join(known) or 'none'})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (a recipe is YAML text)") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({e})") from e
+        raise RecipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
     items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
-    stage_names = [s.get("name") for s in raw.get("stages", []) if isinstance(s, dict)]
+    stage_list = raw["stages"] if isinstance(raw.get("stages"), list) else []
+    stage_names = [s.get("name") for s in stage_list if isinstance(s, dict)]
     for key, value in items:
         head, _, rest = key.partition(".")
         if rest and head in stage_names:
@@ -135,49 +313,54 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
         else:
             raw[key] = value
             # a top-level override wins over the same key written inside a stage
-            for st in raw.get("stages", []) or []:
+            for st in stage_list:
                 if isinstance(st, dict) and key in st:
                     st[key] = value
     if data is not None:
         raw["data"] = data
 
+    overridden = {key.partition(".")[2] or key for key, _ in items} | ({"data"} if data is not None else set())
+    has_stages = "stages" in raw
     stages_raw = raw.pop("stages", None) or [{"name": "train"}]
+    if not isinstance(stages_raw, list):
+        raise RecipeError(f"{path}: stages: {_show(stages_raw)} is not a list of stage mappings")
     top = {k: v for k, v in raw.items() if k in _TOP_KEYS}
     shared = {k: v for k, v in raw.items() if k in _STAGE_KEYS}
     unknown = set(raw) - _TOP_KEYS - _STAGE_KEYS
     if unknown:
-        key = sorted(unknown)[0]
-        raise RecipeError(f"{path}: unknown recipe key {key!r}{_suggest(key, _TOP_KEYS | _STAGE_KEYS)}")
+        key = sorted(unknown, key=str)[0]
+        raise RecipeError(f"{path}: unknown recipe key {key!r}{_suggest(str(key), _TOP_KEYS | _STAGE_KEYS)}")
+    top = _typed(top, _TOP_TYPES, f"{path}: ", overridden)
+    shared = _typed(shared, _STAGE_TYPES, f"{path}: ", overridden)
     stages = []
     for i, st in enumerate(stages_raw):
         if not isinstance(st, dict):
             raise RecipeError(f"{path}: stage {i} must be a mapping")
         bad = set(st) - _STAGE_KEYS
         if bad:
-            key = sorted(bad)[0]
-            raise RecipeError(f"{path}: unknown key {key!r} in stage {st.get('name', i)!r}{_suggest(key, _STAGE_KEYS)}")
-        merged = _coerce({**shared, **st})
+            key = sorted(bad, key=str)[0]
+            raise RecipeError(f"{path}: unknown key {key!r} in stage {st.get('name', i)!r}"
+                              f"{_suggest(str(key), _STAGE_KEYS)}")
+        st = _typed(st, _STAGE_TYPES, f"{path}: stage {st.get('name', i)!r}: ", overridden)
+        merged = {**shared, **st}
         merged.setdefault("name", f"stage{i}")
+        stage = StageConfig(**merged)
+        where = f"{path}: stage {stage.name!r}: " if has_stages else f"{path}: "
         try:
-            stage = StageConfig(**merged)
-        except TypeError as e:
-            raise RecipeError(f"{path}: {e}") from e
-        try:
-            get_model_info(stage.model)
+            info = get_model_info(stage.model)
         except KeyError as e:
-            raise RecipeError(f"{path}: stage {stage.name!r}: {e.args[0]}") from None
-        for k in ("epochs", "batch_size"):
-            if int(getattr(stage, k)) < 1:
-                raise RecipeError(f"{path}: stage {stage.name!r}: {k} must be >= 1, got {getattr(stage, k)}")
-        for k, valid in (("optimizer", ("adam", "sgd")), ("lr_schedule", ("step", "poly"))):
-            if getattr(stage, k) not in valid:
-                raise RecipeError(f"{path}: stage {stage.name!r}: {k} must be one of {', '.join(valid)}, "
-                                  f"got {getattr(stage, k)!r}")
-        if stage.aux_weight < 0:
-            raise RecipeError(f"{path}: stage {stage.name!r}: aux_weight must be >= 0, got {stage.aux_weight}")
+            raise RecipeError(f"{where}{e.args[0]}") from None
+        m = info.input_multiple
+        if any(v % m for v in stage.input_size):
+            h, w = stage.input_size
+            near = f"[{max(m, h // m * m)}, {max(m, w // m * m)}] or [{-(-h // m) * m}, {-(-w // m) * m}]"
+            raise RecipeError(f"{where}input_size: {list(stage.input_size)} must be multiples of {m} for "
+                              f"{stage.model} (e.g. {near})")
+        try:
+            build_loss(stage.loss)
+        except ValueError as e:
+            raise RecipeError(f"{where}loss: {e}") from None
         if isinstance(stage.augment, dict):
-            from sinet_tf.data.augment import PortraitNetAugmentation
-
             valid = {f.name for f in fields(PortraitNetAugmentation)}
             bad_aug = sorted(set(stage.augment) - valid)
             if bad_aug:
@@ -209,11 +392,4 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise RecipeError(f"{path}: stage names must be unique, got {names}")
-    config = TrainConfig(stages=stages, recipe=str(path), **top)
-    if config.strategy not in ("default", "mirrored", "multiworker", "tpu"):
-        raise RecipeError(f"{path}: strategy must be default, mirrored, multiworker or tpu, got {config.strategy!r}")
-    if isinstance(config.copy_paste, bool) or not isinstance(config.copy_paste, int) or config.copy_paste < 0:
-        raise RecipeError(f"{path}: copy_paste must be an integer >= 0 (composites to add), got {config.copy_paste!r}")
-    if config.on_bad_sample not in ("raise", "skip"):
-        raise RecipeError(f"{path}: on_bad_sample must be 'raise' or 'skip', got {config.on_bad_sample!r}")
-    return config
+    return TrainConfig(stages=stages, recipe=str(path), **top)

@@ -7,12 +7,28 @@ schedule, and fit it on the deterministic pipeline of :mod:`sinet_tf.data.pipeli
 network with an auxiliary head (``[logits, aux_logits]``) trains on the weighted sum of both
 losses (:mod:`sinet_tf.train.aux_head`).
 
-Files in the output folder, each written through a temporary file and a rename:
-``<stage>/last.keras`` (model + optimizer state, every epoch), ``<stage>/best.keras``
-(best validation person IoU), ``<stage>/history.csv`` and ``state.json``, written last,
-which is the commit point ``--resume`` reads. A run killed at any moment resumes at the
+One commit per epoch. Every file is written through a temporary file and a rename, and
+``state.json`` is the only commit point: at the end of epoch N the trainer writes
+``<stage>/checkpoints/last-eNNNN.keras`` (model + optimizer state) and, when validation
+person IoU improved, ``<stage>/checkpoints/best-eNNNN.keras`` (the deployable network),
+under names no earlier epoch used; then ``state.json``, which names those two files and
+holds the stage's history rows. Only then are ``<stage>/last.keras``, ``<stage>/best.keras``
+(hard links to the committed files, or copies where links are not possible) and
+``<stage>/history.csv`` published, and the checkpoint files that ``state.json`` no longer
+names removed. ``--resume`` reads ``state.json`` alone: files of an epoch it does not name
+are leftovers of a killed run and are deleted, and the published names are refreshed from
+it. A run killed at any moment (also between two of these writes) therefore resumes at the
 first epoch it had not committed and, since the data of every epoch is a function of the
 seed and the epoch, ends with the same history as an uninterrupted run.
+
+An epoch whose loss or weights are not finite is not committed: training stops with
+:class:`TrainingDiverged` and the run folder keeps the last good epoch.
+
+Fault injection (for the crash tests): with ``SINET_TRAIN_KILL_AT=POINT:EPOCH`` in the
+environment the process kills itself with SIGKILL at that point of that (1-based) epoch;
+POINT is ``batch`` (after the epoch's first training batch), ``last`` (after the last
+checkpoint is written), ``best`` (after the best checkpoint, an epoch that improved),
+``commit`` (after ``state.json``) or ``publish`` (after the published names).
 """
 
 from __future__ import annotations
@@ -22,14 +38,19 @@ import io
 import json
 import math
 import os
+import shutil
+import signal
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 import keras
 import tensorflow as tf
 
-from sinet_tf.compat import optimizer_variable_key
+from sinet_tf.compat import multiworker_fit_builds_locally, optimizer_variable_key
 from sinet_tf.data.base import ConcatSource
 from sinet_tf.data.composite import CompositeSource
 from sinet_tf.data.pipeline import make_pipeline, steps_per_epoch
@@ -40,17 +61,26 @@ from sinet_tf.losses import build_loss
 from sinet_tf.metrics import PersonIoU
 from sinet_tf.registry import build_model
 from sinet_tf.train.aux_head import AUX_OUTPUT, AuxHeadModel, AuxLoss, has_aux_output
+from sinet_tf.train.cluster import cluster_watchdog, read_tf_config
 from sinet_tf.train.config import StageConfig, TrainConfig
 from sinet_tf.train.distill import wrap_for_distillation
 from sinet_tf.train.param_groups import PerVariableLearningRate
 from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
 from sinet_tf.weights import load_weights
 
-__all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "TrainingError"]
+__all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "TrainingError", "TrainingDiverged",
+           "KILL_ENV"]
+
+KILL_ENV = "SINET_TRAIN_KILL_AT"
+KILL_POINTS = ("batch", "last", "best", "commit", "publish")
 
 
 class TrainingError(ValueError):
     """Raised before any training starts when the run cannot go ahead."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss or the weights became non-finite; the epoch was not committed."""
 
 
 class _CoupledL2(PerVariableLearningRate):
@@ -102,16 +132,52 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise TrainingError("strategy 'multiworker' needs the TF_CONFIG environment variable "
-                                "(cluster and task of this worker)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        cluster = read_tf_config()  # a clear error for a missing or malformed TF_CONFIG
+        multiworker_fit_builds_locally()
+        with cluster_watchdog(cluster):  # a worker that never comes up ends the run, with its address
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            # the first collective: returns once every worker has joined
+            strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+        return strategy
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise TrainingError(f"unknown strategy {name!r}; choose default, mirrored, multiworker or tpu")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: always, except under a multi-worker
+    strategy, where the ``chief`` task does (or worker 0 when the cluster names no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return True
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and int(resolver.task_id or 0) == 0
+
+
+def _sliced_datasets(strategy: tf.distribute.Strategy, build):
+    """A dataset for ``model.fit`` under a multi-worker strategy: every worker builds only
+    its own slices of each global batch (``build(slices)`` with ``slices = (first, stop,
+    total)``, :func:`sinet_tf.data.pipeline.make_pipeline`), one slice per local replica."""
+    def dataset_fn(context: tf.distribute.InputContext):
+        total = context.num_replicas_in_sync
+        local = total // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+        return build((first, first + local, total))
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _unsharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` that every worker reads whole (validation under a multi-worker strategy:
+    each worker scores every image, so the averaged metrics are the single-worker ones)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
 
 
 def transfer_weights(src: keras.Model, dst: keras.Model) -> int:
@@ -133,34 +199,130 @@ def _atomic_text(path: Path, text: str):
     write_atomic(text.encode(), path)
 
 
+def _kill_point() -> tuple[str, int] | None:
+    """``SINET_TRAIN_KILL_AT=POINT:EPOCH`` (see the module docstring), or None."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return None
+    point, _, epoch = spec.partition(":")
+    if point not in KILL_POINTS or not epoch.isdigit():
+        raise TrainingError(f"{KILL_ENV}={spec!r}: expected POINT:EPOCH with POINT one of {', '.join(KILL_POINTS)}")
+    return point, int(epoch)
+
+
+def _non_finite(model) -> str | None:
+    """The path of the first weight of ``model`` holding NaN or inf, or None."""
+    for var in model.weights:
+        if not np.isfinite(keras.ops.convert_to_numpy(var)).all():
+            return var.path
+    return None
+
+
 class _RunState(keras.callbacks.Callback):
-    """Commits every epoch: last.keras, best.keras when improved, history.csv, then state.json."""
+    """One commit per epoch (module docstring): checkpoint files under new names, then
+    ``state.json`` naming them, then the published names."""
 
     def __init__(self, run_dir: Path, stage: StageConfig, state: dict, history: list[dict], monitor="val_person_iou"):
         super().__init__()
         self.run_dir, self.stage, self.state, self.history, self.monitor = run_dir, stage, state, history, monitor
         self.stage_dir = run_dir / stage.name
+        self.diverged: str | None = None
+        self._kill = _kill_point()
+        self._epoch = 0
         self._t0 = time.perf_counter()
+
+    def _fault(self, point: str, epoch: int):
+        if self._kill == (point, epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
         self._t0 = time.perf_counter()
+        # the epoch's rate (at its first step; after it the optimizer reports the next step's)
+        self._rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self._fault("batch", self._epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        n = epoch + 1
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        logs["epoch"] = epoch + 1
+        logs["epoch"] = n
         logs["seconds"] = round(time.perf_counter() - self._t0, 2)
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.history.append(logs)
-        save_keras_atomic(self.model, self.stage_dir / "last.keras")
+        logs["learning_rate"] = self._rate
+        bad = [k for k in ("loss", "val_loss") if k in logs and not math.isfinite(logs[k])]
+        weight = _non_finite(self.model)
+        if bad or weight:
+            what = f"{bad[0]} is {logs[bad[0]]}" if bad else f"weight {weight} holds NaN or inf"
+            self.diverged = (f"stage {self.stage.name!r}: epoch {n} diverged ({what}); it was not committed, the "
+                             f"run folder holds epoch {self.state.get('epoch', 0)} (resumable); lower the "
+                             "learning_rate")
+            self.model.stop_training = True
+            return
+        name = self.stage.name
+        files = dict(self.state.get("files", {}).get(name, {}))
+        files["last"] = f"{name}/checkpoints/last-e{n:04d}.keras"
+        save_keras_atomic(self.model, self.run_dir / files["last"])
+        self._fault("last", n)
+        state = json.loads(json.dumps(self.state))
         value = logs.get(self.monitor)
-        best = self.state.get("best")
+        best = state.get("best")
         if value is not None and (best is None or value > best):
             # best.keras is the deployable network (without a training wrapper)
-            save_keras_atomic(getattr(self.model, "network", self.model), self.stage_dir / "best.keras")
-            self.state["best"], self.state["best_epoch"] = value, epoch + 1
-        _write_history(self.stage_dir / "history.csv", self.history)
-        self.state["epoch"] = epoch + 1
-        _atomic_text(self.run_dir / "state.json", json.dumps(self.state, indent=2))
+            files["best"] = f"{name}/checkpoints/best-e{n:04d}.keras"
+            save_keras_atomic(getattr(self.model, "network", self.model), self.run_dir / files["best"])
+            self._fault("best", n)
+            state["best"], state["best_epoch"] = value, n
+        state["epoch"] = n
+        state.setdefault("files", {})[name] = files
+        state.setdefault("history", {})[name] = [*self.history, logs]
+        _commit(self.run_dir, state)                       # the commit point
+        self._fault("commit", n)
+        self.state.clear()
+        self.state.update(state)
+        self.history.append(logs)
+        _publish(self.run_dir, self.state, name)
+        self._fault("publish", n)
+
+
+def _commit(run_dir: Path, state: dict):
+    _atomic_text(run_dir / "state.json", json.dumps(state, indent=2))
+
+
+def _link_or_copy(src: Path, dst: Path):
+    """Make ``dst`` the file ``src`` (a hard link; a copy where the file system has none),
+    replacing ``dst`` in one rename."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return   # (a rename between two links of one file would do nothing and leave the temporary name)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _publish(run_dir: Path, state: dict, stage: str):
+    """Refresh ``<stage>/last.keras``, ``best.keras`` and ``history.csv`` from the commit in
+    ``state`` and remove the checkpoint files it does not name (an uncommitted epoch's)."""
+    stage_dir = run_dir / stage
+    files = state.get("files", {}).get(stage, {})
+    for role in ("last", "best"):
+        if role in files:
+            _link_or_copy(run_dir / files[role], stage_dir / f"{role}.keras")
+    if stage in state.get("history", {}):
+        _write_history(stage_dir / "history.csv", state["history"][stage])
+    for leftover in stage_dir.glob(".*.link"):   # a publishing killed between its link and its rename
+        leftover.unlink()
+    keep = {(run_dir / f).resolve() for f in files.values()}
+    folder = stage_dir / "checkpoints"
+    if folder.is_dir():
+        for f in folder.iterdir():
+            if f.resolve() not in keep:
+                f.unlink()
 
 
 def _write_history(path: Path, rows: list[dict]):
@@ -216,7 +378,10 @@ def _schedule(stage: StageConfig, steps_per_epoch: int):
     milestones = set(int(m) for m in stage.lr_milestones)
     if stage.lr_step_every:
         milestones |= set(range(stage.lr_step_every, stage.epochs, stage.lr_step_every))
-    boundaries = [m * steps_per_epoch for m in sorted(milestones)]
+    # PiecewiseConstantDecay keeps values[i] while step <= boundaries[i]: the rate changes at
+    # step m * steps_per_epoch, the first step of (0-based) epoch m, as after m finished epochs
+    # in MultiStepLR
+    boundaries = [m * steps_per_epoch - 1 for m in sorted(milestones)]
     values = [stage.learning_rate * stage.lr_factor ** i for i in range(len(boundaries) + 1)]
     return (keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
             if boundaries else stage.learning_rate)
@@ -272,13 +437,18 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
           log=print, extra_callbacks=()) -> dict:
     """Run every stage of ``config``; returns a summary (per stage: epochs, best val person IoU,
     wall time, training images/s, paths)."""
+    _kill_point()   # a malformed fault-injection value fails before anything runs
     run_dir = Path(output_dir)
     state_path = run_dir / "state.json"
     config_dict = config.to_dict()
     if state_path.exists() and not resume:
         raise TrainingError(f"{run_dir} already holds a run (state.json); pass --resume to continue it "
                             "or choose another output folder")
-    state = json.loads(state_path.read_text()) if (resume and state_path.exists()) else {}
+    try:
+        state = json.loads(state_path.read_text()) if (resume and state_path.exists()) else {}
+    except ValueError as e:
+        raise TrainingError(f"{state_path}: not readable JSON ({e}); it was not written by sinet train, "
+                            "start a new output folder") from None
     if state and state.get("config", {}).get("stages") != json.loads(json.dumps(config_dict["stages"])):
         raise TrainingError(f"{run_dir} holds a run of another recipe configuration; "
                             "resume it with the same recipe and overrides, or start a new output folder")
@@ -293,8 +463,6 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
 
 
 def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
-    state_path = run_dir / "state.json"
-    config_dict = config.to_dict()
     keras.utils.set_random_seed(config.seed)
     # The pipeline is already shuffled per epoch and holds exactly epochs x steps batches.
     warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
@@ -303,6 +471,22 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
         keras.mixed_precision.set_global_policy("mixed_float16")
         log("mixed precision: mixed_float16")
     strategy = make_strategy(config.strategy)
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    replicas = strategy.num_replicas_in_sync
+    # only the chief writes the run's files; the other workers write theirs (every save must
+    # run on every worker: reading synchronized variables is a collective) to a folder of their own
+    files_dir = run_dir if is_chief(strategy) else Path(tempfile.mkdtemp(prefix="sinet-worker-"))
+    try:
+        return _train_stages(config, run_dir, files_dir, state, strategy, multiworker, replicas, verbose, log,
+                             extra_callbacks)
+    finally:
+        if files_dir != run_dir:
+            shutil.rmtree(files_dir, ignore_errors=True)
+
+
+def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, replicas, verbose, log,
+                  extra_callbacks):
+    config_dict = config.to_dict()
 
     # Open and check every stage's data before any training starts.
     train_source = open_source(config.data, config.train_split, config.seed, config.on_bad_sample)
@@ -317,32 +501,56 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
     for stage in config.stages:
         if stage.two_views and not stage.augment:
             raise TrainingError(f"stage {stage.name!r}: two_views needs augment: true (the views differ by texture)")
+        if stage.batch_size % replicas:
+            raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} does not divide into "
+                                f"{replicas} replicas ({stage.batch_size} / {replicas} = "
+                                f"{stage.batch_size / replicas:g} examples each); the batch size is global")
         if stage.batch_size > len(train_source):
             raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} is larger than the training "
                                 f"set ({len(train_source)} examples in {config.data!r})")
         build_loss(stage.loss)  # a bad loss spec fails now, not after the first stage
-    run_dir.mkdir(parents=True, exist_ok=True)
+    files_dir.mkdir(parents=True, exist_ok=True)
     state.setdefault("config", json.loads(json.dumps(config_dict)))
     state.setdefault("completed_stages", [])
     summary = {"output_dir": str(run_dir), "stages": []}
+
+    chief = files_dir == run_dir
+    for name in {*state["completed_stages"], state.get("stage")} - {None}:
+        if chief:
+            _publish(run_dir, state, name)   # a run killed between its commit and the publishing
 
     for stage in config.stages:
         if stage.name in state["completed_stages"]:
             log(f"[{stage.name}] already complete, skipping")
             continue
         stage_dir = run_dir / stage.name
-        stage_dir.mkdir(exist_ok=True)
+        (files_dir / stage.name).mkdir(exist_ok=True)
         resuming = state.get("stage") == stage.name and state.get("epoch", 0) > 0
         if not resuming:
             state.update({"stage": stage.name, "epoch": 0, "best": None, "best_epoch": None})
+            state.get("files", {}).pop(stage.name, None)
+            state.get("history", {}).pop(stage.name, None)
+            if chief:
+                _publish(run_dir, state, stage.name)     # drops an uncommitted first epoch's files
         initial_epoch = state["epoch"]
-        history = _read_history(stage_dir / "history.csv", initial_epoch) if resuming else []
-        drop = config.strategy == "tpu"
+        if resuming and "history" in state:
+            history = [dict(r) for r in state["history"].get(stage.name, [])]
+        else:   # a run folder written before state.json named its files
+            history = _read_history(stage_dir / "history.csv", initial_epoch) if resuming else []
+        # every worker must run the same number of steps: a last batch that would leave some
+        # replica without a full slice is dropped
+        drop = config.strategy == "tpu" or (multiworker and len(train_source) % stage.batch_size != 0)
         steps = steps_per_epoch(train_source, stage.batch_size, drop)
         with strategy.scope():
             if resuming:
-                model = keras.models.load_model(stage_dir / "last.keras")
-                log(f"[{stage.name}] resuming after epoch {initial_epoch} from {stage_dir / 'last.keras'}")
+                last = run_dir / state.get("files", {}).get(stage.name, {}).get("last", f"{stage.name}/last.keras")
+                try:
+                    model = keras.models.load_model(last)
+                except Exception as e:
+                    raise TrainingError(f"{last}: cannot resume from this checkpoint ({type(e).__name__}: "
+                                        f"{str(e).splitlines()[0] if str(e) else ''}); start a new output "
+                                        "folder") from e
+                log(f"[{stage.name}] resuming after epoch {initial_epoch} from {last}")
             else:
                 model = build_model(stage.model, input_shape=(*stage.input_size, 3), **stage.model_kwargs)
                 _initialize(model, stage, run_dir, log)
@@ -355,25 +563,33 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
         if initial_epoch >= stage.epochs:
             log(f"[{stage.name}] all {stage.epochs} epochs already done")
         else:
-            train_ds = make_pipeline(train_source, stage.input_size, stage.batch_size, augment=stage.augment,
+            def train_pipeline(slices=None):
+                return make_pipeline(train_source, stage.input_size, stage.batch_size, augment=stage.augment,
                                      backend=stage.backend, seed=config.seed, two_views=stage.two_views,
                                      drop_remainder=drop, label_stride=label_stride, epochs=stage.epochs,
-                                     initial_epoch=initial_epoch)
+                                     initial_epoch=initial_epoch, slices=slices)
+
+            train_ds = _sliced_datasets(strategy, train_pipeline) if multiworker else train_pipeline()
             val_ds = make_pipeline(val_source, stage.input_size, stage.batch_size, augment=False, shuffle=False,
                                    label_stride=label_stride)
-            callbacks = [_RunState(run_dir, stage, state, history), keras.callbacks.TerminateOnNaN(),
-                         keras.callbacks.TensorBoard(str(stage_dir / "tensorboard"), write_graph=False),
+            if multiworker:
+                val_ds = _unsharded(val_ds)
+            run_state = _RunState(files_dir, stage, state, history)
+            callbacks = [run_state, keras.callbacks.TerminateOnNaN(),
+                         keras.callbacks.TensorBoard(str(files_dir / stage.name / "tensorboard"), write_graph=False),
                          *extra_callbacks]
             if stage.early_stopping_patience:
                 callbacks.append(keras.callbacks.EarlyStopping("val_person_iou", mode="max",
                                                                patience=stage.early_stopping_patience))
             log(f"[{stage.name}] {stage.model}: epochs {initial_epoch + 1}..{stage.epochs}, batch {stage.batch_size}, "
                 f"{len(train_source)} training / {len(val_source)} validation images, "
-                f"{strategy.num_replicas_in_sync} replica(s)")
+                f"{replicas} replica(s)" + (" on this worker's slices of every batch" if multiworker else ""))
             t0 = time.perf_counter()
             model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=initial_epoch,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
             wall = time.perf_counter() - t0
+            if run_state.diverged:
+                raise TrainingDiverged(run_state.diverged)
             done = state["epoch"] - initial_epoch
             log(f"[{stage.name}] {done} epochs in {wall:.0f} s; best val person IoU {state['best']} "
                 f"(epoch {state['best_epoch']})")
@@ -386,9 +602,6 @@ def _train(config, run_dir, state, resume, verbose, log, extra_callbacks):
             "images_per_s": round(len(train_source) * len(timed) / train_seconds, 1) if train_seconds else None,
             "best": str(stage_dir / "best.keras"), "last": str(stage_dir / "last.keras"),
             "history": history})
-        if history and math.isnan(history[-1].get("loss", 0.0)):
-            raise TrainingError(f"stage {stage.name!r}: the loss became NaN at epoch {history[-1]['epoch']} "
-                                "(TerminateOnNaN stopped the run); lower the learning rate")
         state["completed_stages"].append(stage.name)
-        _atomic_text(state_path, json.dumps(state, indent=2))
+        _commit(files_dir, state)
     return summary

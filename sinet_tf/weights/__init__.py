@@ -35,6 +35,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
+        with open(path, "rb") as f:
+            head = f.read(512)
+        if not head.startswith(b"PK"):   # an .npz is a zip archive of .npy arrays
+            raise WeightImportError(f"{path}: not an .npz checkpoint (an .npz is a zip archive of arrays); "
+                                    + _what_it_is(head))
         try:
             with np.load(path, allow_pickle=False) as data:
                 sd = {k: np.asarray(data[k]) for k in data.files}
@@ -64,6 +69,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not sd:
         raise WeightImportError(f"{path}: the checkpoint holds no tensors")
     return sd
+
+
+def _what_it_is(head: bytes) -> str:
+    if not head:
+        return "the file is empty"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"it is a text file starting with {head[:40].decode('ascii')!r}"
+    return f"it starts with the bytes {head[:8].hex(' ')}"
 
 
 def _conv_kernel(t, target_shape):
@@ -107,8 +120,9 @@ def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], str
     """Copy a PyTorch ``state_dict`` into ``model`` by layer name.
 
     Every weight of the model must be found with a compatible shape (the error names the
-    first mismatching tensor and both shapes). With ``strict`` the checkpoint may not hold
-    tensors the model does not use. Returns the checkpoint keys that were used.
+    first mismatching tensor and both shapes) and hold only finite values (a NaN or inf
+    would run and predict garbage without an error). With ``strict`` the checkpoint may
+    not hold tensors the model does not use. Returns the checkpoint keys that were used.
     Nothing is assigned unless every tensor fits.
     """
     sd = dict(state_dict)
@@ -125,7 +139,15 @@ def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], str
                     f"{source}: tensor {key!r} needed by layer {layer.name!r} of model {model.name!r} "
                     f"is missing{hint}; is this a checkpoint of another architecture?")
             target = tuple(var.shape)
-            t = np.asarray(sd[key], dtype=np.float32)
+            try:
+                t = np.asarray(sd[key], dtype=np.float32)
+            except (TypeError, ValueError):
+                raise WeightImportError(f"{source}: tensor {key!r} is not numeric ({np.asarray(sd[key]).dtype})"
+                                        ) from None
+            if not np.isfinite(t).all():
+                raise WeightImportError(
+                    f"{source}: tensor {key!r} holds {int((~np.isfinite(t)).sum())} non-finite values (NaN or inf) "
+                    f"of {t.size}; the checkpoint is damaged or comes from a run that diverged")
             try:
                 value = convert(t, target)
             except ValueError:

@@ -1,0 +1,217 @@
+"""Multi-worker training with real worker processes on 127.0.0.1 (``TF_CONFIG``): the same
+result as one worker, disjoint slices whose union is the epoch, only the chief writes the
+run folder, ``--resume`` after a killed worker, and clear errors for a bad cluster."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from sinet_tf.data.pipeline import make_pipeline
+from sinet_tf.data.sources import open_source
+from sinet_tf.train.cluster import ClusterError, free_ports, read_tf_config
+
+RECIPE = str(REPO / "training" / "default.yaml")
+# a narrow SINet encoder on 16 synthetic portraits at 64x64, global batch 4: 4 steps an epoch.
+# SGD: its update is linear in the gradient, so the two runs' float-order differences stay
+# that size (Adam's first steps are lr * sign(g), which turns the noise in near-zero
+# gradient components into full-size steps)
+OVERRIDES = ["batch_size=4", "input_size=[64,64]", "model=sinet_encoder", "model_kwargs={p: 1, q: 2}",
+             "lr_milestones=[1]", "optimizer=sgd", "learning_rate=0.005"]
+DATA = "synthetic:16"
+
+
+def _env(tmp_path, run="", **extra):
+    """The environment of a run's processes; their temporary folders go to ``tmp-<run>``."""
+    tmp = tmp_path / f"tmp-{run}"
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp), **extra}
+
+
+def _train_cmd(out, epochs, *more):
+    return [sys.executable, "-m", "sinet_tf.cli", "train", "--config", RECIPE, "--data", DATA, "-o", str(out),
+            "--verbose", "0", *more, *OVERRIDES, f"epochs={epochs}"]
+
+
+def _workers(tmp_path, out, epochs, *more, n=2):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
+    procs = []
+    for i in range(n):
+        env = _env(tmp_path, out.name, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        log = open(tmp_path / f"{out.name}-worker{i}.log", "w")
+        procs.append(subprocess.Popen(_train_cmd(out, epochs, "--strategy", "multiworker", *more), env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+    return procs
+
+
+def _wait(procs, timeout=600):
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.wait(max(1, deadline - time.monotonic()))
+    return [p.returncode for p in procs]
+
+
+def _history(run):
+    with open(run / "train" / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _weights(path):
+    import keras
+
+    from sinet_tf.loading import load_keras_model
+
+    keras.utils.set_random_seed(0)
+    return [np.asarray(w) for w in load_keras_model(path).weights]
+
+
+def _log(tmp_path, name):
+    return "\n".join(p.read_text()[-2000:] for p in sorted(tmp_path.glob(f"{name}-worker*.log")))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One worker for one epoch; two workers for two epochs (uninterrupted); and two workers
+    of which worker 1 is SIGKILLed in epoch 2 (the chief's epoch-1 checkpoint is kept aside
+    then), the job then restarted with --resume."""
+    tmp = tmp_path_factory.mktemp("multiworker")
+    single = tmp / "single"
+    r = subprocess.run(_train_cmd(single, 1), env=_env(tmp), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    two = tmp / "two"  # through the launcher, as a user runs it on one machine
+    r = subprocess.run(_train_cmd(two, 2, "--workers", "2"), env=_env(tmp, "two"), capture_output=True, text=True,
+                       cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    killed = tmp / "killed"
+    procs = _workers(tmp, killed, 2)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # epoch 1 committed: worker 1 is in epoch 2 now
+        state = killed / "state.json"
+        if state.exists() and json.loads(state.read_text()).get("epoch", 0) >= 1:
+            break
+        assert all(p.poll() is None for p in procs), _log(tmp, "killed")
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    codes = _wait(procs, timeout=300)  # the chief notices the lost worker and stops
+    assert codes[1] == -signal.SIGKILL and codes[0] != 0, codes
+    committed = json.loads((killed / "state.json").read_text())["epoch"]
+    epoch1 = tmp / "two_workers_epoch1.keras"
+    shutil.copy(killed / "train" / "last.keras", epoch1)
+    epoch1_history = _history(killed)
+    resumed_codes = _wait(_workers(tmp, killed, 2, "--resume"))
+    assert resumed_codes == [0, 0], _log(tmp, "killed")
+    return {"tmp": tmp, "single": single, "two": two, "killed": killed, "committed": committed,
+            "two_epoch1": epoch1, "two_epoch1_history": epoch1_history}
+
+
+def test_two_workers_train_what_one_worker_trains(runs):
+    """Same global batch, after one epoch: the losses agree to float precision and the
+    weights to within a thousandth of how far the epoch moved them. The collective sums
+    add the two slices' gradients and BatchNorm statistics in another order than one
+    device does: float rounding (measured: 3e-4 of the update), which SGD's linear update
+    keeps that small; over more epochs any two runs this close drift apart as training
+    amplifies it."""
+    a, b = _history(runs["single"]), runs["two_epoch1_history"]
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == ["1"]
+    for key in ("loss", "val_loss", "learning_rate"):
+        np.testing.assert_allclose([float(r[key]) for r in a], [float(r[key]) for r in b], rtol=1e-4, err_msg=key)
+    # a thresholded metric: a pixel whose two logits tie to float precision may flip
+    np.testing.assert_allclose([float(r["person_iou"]) for r in a], [float(r["person_iou"]) for r in b], atol=5e-3)
+    w1, w2 = _weights(runs["single"] / "train" / "last.keras"), _weights(runs["two_epoch1"])
+    import keras
+
+    import sinet_tf
+
+    keras.utils.set_random_seed(0)
+    init = [np.asarray(w) for w in sinet_tf.build_model("sinet_encoder", input_shape=(64, 64, 3), p=1, q=2).weights]
+    moved = max(float(np.abs(x - y).max()) for x, y in zip(w1, init))
+    diff = max(float(np.abs(x - y).max()) for x, y in zip(w1, w2))
+    assert moved > 1e-3 and diff < 1e-3 * moved, (moved, diff)
+
+
+def test_only_the_chief_writes_the_run_folder(runs):
+    files = sorted(str(p.relative_to(runs["two"])) for p in runs["two"].rglob("*") if p.is_file())
+    tensorboard = [f for f in files if f.startswith("train/tensorboard/")]
+    committed = json.loads((runs["two"] / "state.json").read_text())["files"]["train"]  # the epoch's checkpoints
+    assert [f for f in files if f not in tensorboard] == sorted(
+        ["state.json", "train/best.keras", "train/history.csv", "train/last.keras", *set(committed.values())])
+    # one writer of each TensorBoard log (the chief's process)
+    assert len(tensorboard) == 2 and {f.split("/")[2] for f in tensorboard} == {"train", "validation"}
+    assert not list((runs["tmp"] / "tmp-two").glob("sinet-worker-*")), "a worker left its private folder behind"
+
+
+def test_resume_after_a_killed_worker_continues_with_the_same_history(runs):
+    assert runs["committed"] == 1  # killed in epoch 2: the resumed job trained epoch 2 again
+    a, b = _history(runs["two"]), _history(runs["killed"])
+    assert [r["epoch"] for r in b] == ["1", "2"]
+    for key in ("loss", "person_iou", "val_loss", "val_person_iou", "learning_rate"):
+        np.testing.assert_allclose([float(r[key]) for r in a], [float(r[key]) for r in b], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("workers,replicas_per_worker", [(2, 1), (3, 1), (2, 2)])
+def test_slices_are_disjoint_and_their_union_is_the_epoch(workers, replicas_per_worker):
+    """Each worker's pipeline (its local replicas' slices of every global batch) holds
+    exactly the examples the single-device batch holds, in order, augmented alike."""
+    batch = workers * replicas_per_worker * 2
+    source = open_source("synthetic:24", "train", seed=0, size=(64, 64))
+    full = [(np.asarray(x), np.asarray(y)) for x, y in make_pipeline(source, (32, 32), batch, seed=5, epochs=2)]
+    total = workers * replicas_per_worker
+    parts = []
+    for w in range(workers):
+        first = w * replicas_per_worker
+        parts.append([(np.asarray(x), np.asarray(y)) for x, y in make_pipeline(
+            source, (32, 32), batch, seed=5, epochs=2, slices=(first, first + replicas_per_worker, total))])
+    per_worker = [len(p) for p in parts]
+    assert per_worker == [len(full) * replicas_per_worker] * workers
+    for k, (x, y) in enumerate(full):
+        pieces = [parts[w][k * replicas_per_worker + r] for w in range(workers) for r in range(replicas_per_worker)]
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in pieces]), x)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces]), y)
+
+
+def test_a_batch_that_does_not_divide_into_the_replicas_is_refused(tmp_path):
+    r = subprocess.run(_train_cmd(tmp_path / "run", 1, "--workers", "3"), env=_env(tmp_path), capture_output=True,
+                       text=True, cwd=REPO, timeout=600)
+    assert r.returncode != 0
+    assert "batch_size 4 does not divide into 3 replicas (4 / 3 = 1.33333 examples each)" in r.stderr
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('{"cluster": {"worker": ["127.0.0.1"]}, "task": {"type": "worker", "index": 0}}', "is not host:port"),
+    ('{"cluster": {"worker": ["127.0.0.1:2222"]}, "task": {"type": "chief", "index": 0}}', "not in the cluster"),
+    ('{"cluster": {"worker": ["127.0.0.1:2222"]}, "task": {"type": "worker", "index": 3}}', "out of range"),
+    ('{"cluster": {"worker": ["127.0.0.1:2222"]}}', "'task' must give"),
+])
+def test_malformed_tf_config_is_named(text, message):
+    with pytest.raises(ClusterError, match=message):
+        read_tf_config(text)
+
+
+def test_malformed_tf_config_from_the_command_line(tmp_path):
+    r = subprocess.run(_train_cmd(tmp_path / "run", 1, "--strategy", "multiworker"),
+                       env=_env(tmp_path, TF_CONFIG="{oops"), capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "TF_CONFIG is not JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unreachable_worker_ends_the_wait_with_its_address(tmp_path):
+    a, b = free_ports(2)
+    config = {"cluster": {"worker": [f"127.0.0.1:{a}", f"127.0.0.1:{b}"]}, "task": {"type": "worker", "index": 0}}
+    t0 = time.monotonic()
+    r = subprocess.run(_train_cmd(tmp_path / "run", 1, "--strategy", "multiworker"),
+                       env=_env(tmp_path, TF_CONFIG=json.dumps(config), SINET_CLUSTER_TIMEOUT="5"),
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode != 0
+    assert f"not reachable: worker:1 (127.0.0.1:{b})" in r.stderr, r.stderr[-2000:]
+    assert time.monotonic() - t0 < 240  # bounded: TensorFlow alone would wait for about an hour
