@@ -3,10 +3,12 @@ val and how much of what the checkpoint knew each one keeps.
 
     python benchmarks/finetune_candidates.py run [--out runs/ft_candidates] [--only NAME ...]
     python benchmarks/finetune_candidates.py score MODEL.keras [MODEL.tflite ...]
+    python benchmarks/finetune_candidates.py table ROWS.jsonl [...] [--title TEXT]
 
 ``run`` trains every candidate (one at a time, from the official checkpoint, on humanseg290
 train.txt), scores its ``best.keras`` and writes benchmarks/results/finetune_candidates.json
-and .md. ``score`` prints the same columns for existing models.
+and .md. ``score`` prints the same columns for existing models; ``table`` writes the
+results files from rows that ``run --jsonl`` (or ``score``) appended to files.
 
 Columns, all on photos no candidate trains on:
 
@@ -19,7 +21,7 @@ Columns, all on photos no candidate trains on:
   IoU of those whose person covers at least 30% of the frame (where the fine-tunes lose
   most: large plain torsos);
 * agreement with the official checkpoint (and with MediaPipe's selfie model when
-  export/peers/models/selfie_segmentation.tflite is there): mean per-image IoU between the
+  training/teachers/mediapipe_selfie_segmentation.tflite is there): mean per-image IoU between the
   candidate's masks and theirs on the val photos and the synthetic portraits.
 """
 
@@ -41,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 HUMANSEG = SHARED / "datasets" / "humanseg290"
 OFFICIAL_NPZ = SHARED / "reference" / "official" / "sinet_official_state_dict.npz"
-MEDIAPIPE = REPO / "export" / "peers" / "models" / "selfie_segmentation.tflite"
+MEDIAPIPE = REPO / "training" / "teachers" / "mediapipe_selfie_segmentation.tflite"
 SYNTHETIC = "synthetic:1000"
 PORTRAIT_FRACTION = 0.2
 CLOSE_UP = 0.3
@@ -245,6 +247,9 @@ def main(argv=None):
     p = sub.add_parser("wise", help="score WiSE-FT interpolations of a fine-tuned best.keras with the official")
     p.add_argument("model")
     p.add_argument("--alpha", type=float, nargs="+", default=[0.5, 0.75])
+    p = sub.add_parser("table", help="write benchmarks/results/finetune_candidates.{json,md} from JSON-lines rows")
+    p.add_argument("rows", nargs="+")
+    p.add_argument("--title", default="Fine-tuning the official SINet checkpoint: candidates")
     p = sub.add_parser("run")
     p.add_argument("--out", default="runs/ft_candidates")
     p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES))
@@ -255,6 +260,10 @@ def main(argv=None):
     if args.command == "score":
         for m in args.models:
             print(json.dumps(score(m)), flush=True)
+        return
+    if args.command == "table":
+        rows = [json.loads(line) for path in args.rows for line in Path(path).read_text().splitlines() if line.strip()]
+        report(rows, RESULTS / "finetune_candidates", args.title)
         return
     if args.command == "wise":
         for alpha in args.alpha:
