@@ -44,9 +44,11 @@ __all__ = [
     "ConsistencyLoss",
     "LovaszHinge",
     "DiceLoss",
+    "KnowledgeDistillation",
     "boundary_band",
     "edge_target",
     "consistency_loss",
+    "distillation_per_example",
     "lovasz_hinge_per_example",
     "build_loss",
     "LOSS_NAMES",
@@ -511,6 +513,70 @@ class ConsistencyLoss(SegmentationLoss):
         return {"temperature": self.temperature}
 
 
+def _binary_as_two_classes(z: tf.Tensor) -> tf.Tensor:
+    """One sigmoid logit ``z`` as the two softmax logits ``[0, z]`` (the same distribution)."""
+    return tf.concat([tf.zeros_like(z), z], axis=-1)
+
+
+def distillation_per_example(z_teacher, z_student, temperature: float = 1.0) -> tf.Tensor:
+    """Per-example distillation loss ``[B]`` of :class:`KnowledgeDistillation`."""
+    zt, zs = _logits(z_teacher), _logits(z_student)
+    ct, cs = zt.shape[-1], zs.shape[-1]
+    if ct != cs:
+        if sorted((ct, cs)) != [1, 2]:
+            raise ValueError(f"kd: the teacher has {ct} output channels and the student {cs}; distillation "
+                             "needs the same classes (a one-channel sigmoid counts as two classes)")
+        zt = _binary_as_two_classes(zt) if ct == 1 else zt
+        zs = _binary_as_two_classes(zs) if cs == 1 else zs
+    elif cs == 1:
+        zt, zs = _binary_as_two_classes(zt), _binary_as_two_classes(zs)
+    st, ss = zt.shape[1:3], zs.shape[1:3]
+    if all(d is not None for d in list(st) + list(ss)) and tuple(st) != tuple(ss):
+        raise ValueError(f"kd: the teacher's logits are {tuple(st)} but the student's are {tuple(ss)}; "
+                         "resize them to the student's output first")
+    t = float(temperature)
+    log_q = tf.nn.log_softmax(tf.stop_gradient(zt) / t, axis=-1)
+    log_p = tf.nn.log_softmax(zs / t, axis=-1)
+    kl = tf.reduce_sum(tf.exp(log_q) * (log_q - log_p), axis=-1)        # [B, H, W]
+    return (t * t) * tf.reduce_mean(kl, axis=[1, 2])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class KnowledgeDistillation(SegmentationLoss):
+    """Knowledge distillation with a temperature (Hinton, Vinyals, Dean, "Distilling the
+    Knowledge in a Neural Network", 2015, Sec. 2), per pixel: the student's softened
+    distribution is pulled toward the teacher's,
+
+        ``L_kd = T^2 * mean_pixels KL(softmax(z_t / T) || softmax(z_s / T))``
+
+    with ``z_t`` the teacher's logits (gradient stopped) and ``z_s`` the student's. The KL
+    differs from the paper's soft-target cross-entropy by the teacher's entropy, a constant,
+    so the gradients are the same; the ``T^2`` factor is the paper's, which keeps the soft
+    term's gradients at the scale of the hard-label term's as ``T`` changes. A one-channel
+    (sigmoid) output is read as the two classes ``[0, z]``, so a sigmoid teacher (MediaPipe's
+    selfie model) can teach a two-class student and the other way round.
+
+    Keras' argument order: **``call(teacher_logits, student_logits)``**. In a recipe the term
+    is written ``kd(temperature=2)`` next to the label losses
+    (``"ce + 1.0 * boundary(window=15) + 0.5 * kd(temperature=2)"``) together with a
+    ``teacher``; :mod:`sinet_tf.train.distill` feeds it the teacher's logits while the other
+    terms get the labels.
+    """
+
+    def __init__(self, temperature=1.0, name="distillation_loss", reduction="sum_over_batch_size",
+                 dtype="float32"):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.temperature = float(temperature)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    def call(self, teacher_logits, student_logits):
+        return distillation_per_example(teacher_logits, student_logits, self.temperature)
+
+    def _own_config(self):
+        return {"temperature": self.temperature}
+
+
 def _lovasz_flat(errors: tf.Tensor, gt: tf.Tensor) -> tf.Tensor:
     """Rows of ``errors``/``gt`` ``[N, P]`` -> Lovasz hinge per row ``[N]``.
 
@@ -616,6 +682,7 @@ LOSS_NAMES = {
     "consistency": ConsistencyLoss,
     "lovasz": LovaszHinge,
     "dice": DiceLoss,
+    "kd": KnowledgeDistillation,
 }
 
 
@@ -704,7 +771,7 @@ def build_loss(spec) -> keras.losses.Loss:
     """Build a (composite) loss from recipe text, a dict, or a list.
 
     * ``"ce + 1.0 * boundary(window=15)"``: loss names (``ce``, ``boundary``,
-      ``boundary_focal``, ``consistency``, ``lovasz``, ``dice``), call syntax for keyword (or
+      ``boundary_focal``, ``consistency``, ``lovasz``, ``dice``, ``kd``), call syntax for keyword (or
       positional) arguments, numbers, ``+``, ``-``, ``*`` and ``/`` by numbers.
     * ``{"name": "boundary", "weight": 1.0, "window": 15}``: one term.
     * ``[{"name": "ce"}, {"name": "boundary", "weight": 1.0, "window": 15}]``: their sum.

@@ -37,7 +37,7 @@ import numpy as np
 from sinet_tf.evaluate import evaluate
 from sinet_tf.inference import Segmenter
 from sinet_tf.runtime.interpreter import make_interpreter, quantization_of
-from sinet_tf.runtime.model_file import count_weight_params, read_contents, read_tflite
+from sinet_tf.runtime.model_file import count_weight_params, input_range, read_contents, read_tflite
 
 __all__ = ["DEFAULT_INPUT_RANGE", "ISA_FLAGS", "benchmark", "cpu_info", "cpu_label", "input_convention",
            "interleaved_times", "load_average", "model_info", "parse_cpuinfo", "peak_memory", "read_tflite"]
@@ -103,11 +103,8 @@ def input_convention(contents, override: tuple[float, float] | None = None) -> d
     if override is not None:
         lo, hi = (float(v) for v in override)
         return {"range": [lo, hi], "source": "--input-range"}
-    ins, outs = contents.inputs, contents.outputs
-    if (len(ins) == 1 and len(outs) == 1 and ins[0]["name"] == "input_1" and ins[0]["dtype"] == "float32"
-            and ins[0]["shape"][1:] in ([256, 256, 3], [144, 256, 3]) and outs[0]["shape"][-1] == 1):
-        return {"range": [0.0, 1.0], "source": "MediaPipe selfie signature"}
-    return {"range": list(DEFAULT_INPUT_RANGE), "source": "default"}
+    value_range, source = input_range(contents)
+    return {"range": list(value_range), "source": source}
 
 
 def model_info(path: str | os.PathLike, input_range: tuple[float, float] | None = None) -> dict:

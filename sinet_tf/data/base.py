@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SegmentationSource", "ArraySource", "IGNORE_INDEX", "BINARY_CLASSES"]
+__all__ = ["SegmentationSource", "ArraySource", "ConcatSource", "IGNORE_INDEX", "BINARY_CLASSES"]
 
 IGNORE_INDEX = 255
 BINARY_CLASSES = ("background", "person")
@@ -81,3 +81,38 @@ class ArraySource(SegmentationSource):
 
     def read(self, index):
         return self.images[index], self.labels[index]
+
+
+class ConcatSource(SegmentationSource):
+    """The examples of several sources one after the other (same classes and ignore value)."""
+
+    def __init__(self, sources, name: str | None = None):
+        self.sources = list(sources)
+        if not self.sources:
+            raise ValueError("ConcatSource needs at least one source")
+        first = self.sources[0]
+        for s in self.sources[1:]:
+            if tuple(s.classes) != tuple(first.classes) or s.ignore_index != first.ignore_index:
+                raise ValueError(f"cannot concatenate {first.name} (classes {first.classes}, ignore {first.ignore_index})"
+                                 f" and {s.name} (classes {s.classes}, ignore {s.ignore_index})")
+        self.classes, self.ignore_index = first.classes, first.ignore_index
+        self.name = name or "+".join(s.name for s in self.sources)
+        self._starts = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self):
+        return int(self._starts[-1])
+
+    def _locate(self, index):
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self.name} ({len(self)} examples)")
+        k = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.sources[k], index - int(self._starts[k])
+
+    def read(self, index):
+        source, i = self._locate(index)
+        return source.read(i)
+
+    def describe(self, index):
+        source, i = self._locate(index)
+        return source.describe(i)

@@ -35,7 +35,7 @@ import numpy as np
 from sinet_tf.data.base import SegmentationSource
 from sinet_tf.files import write_atomic
 
-__all__ = ["SyntheticPortraits", "write_synthetic_dataset", "render_portrait"]
+__all__ = ["SyntheticPortraits", "write_synthetic_dataset", "render_background", "render_portrait"]
 
 _SHIFT = 4                      # sub-pixel bits for cv2 polygon drawing
 _ONE = float(1 << _SHIFT)
@@ -787,6 +787,21 @@ def _background(rng, H: int, W: int, person: dict) -> np.ndarray:
     sigma = rng.uniform(0.3, 2.5) if kind != "bokeh" else rng.uniform(0.3, 1.0)
     img = cv2.GaussianBlur(np.ascontiguousarray(img, np.float32), (0, 0), sigma * 2 / div)
     return cv2.resize(img, (W, H), interpolation=cv2.INTER_LINEAR)
+
+
+def render_background(seed: int, index: int, size: tuple[int, int], person_colour=None) -> np.ndarray:
+    """One of the generator's backgrounds alone (gradients, noise, indoor, outdoor, bokeh,
+    studio), RGB ``uint8 [H, W, 3]``, a pure function of ``(seed, index, size, person_colour)``.
+    ``person_colour`` (RGB), when given, is the colour the "similar to the person" backgrounds
+    borrow (as they borrow the drawn person's skin and clothes in :func:`render_portrait`)."""
+    H, W = _check_size(size)
+    rng = np.random.default_rng([seed, index, 2])
+    if person_colour is None:
+        skin, cloth = _skin_colour(rng), _cloth_colour(rng)
+    else:
+        skin = cloth = np.asarray(person_colour, np.float64).reshape(3)
+    img = _background(rng, H, W, {"skin": skin, "cloth": cloth})
+    return np.clip(np.asarray(img, np.float32) + 0.5, 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- composite

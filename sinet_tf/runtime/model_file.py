@@ -18,8 +18,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-__all__ = ["TFLiteContents", "count_weight_params", "io_details", "is_constant", "op_name", "output_kind",
-           "pack_model", "parse_model", "read_contents", "read_tflite", "schema", "type_name"]
+__all__ = ["TFLiteContents", "count_weight_params", "input_range", "io_details", "is_constant", "op_name",
+           "output_kind", "pack_model", "parse_model", "read_contents", "read_tflite", "schema", "type_name"]
 
 FILE_IDENTIFIER = b"TFL3"
 
@@ -131,6 +131,18 @@ def read_contents(data: bytes, label: str = "<bytes>") -> TFLiteContents:
                           inputs=io_details(sub, sub.inputs), outputs=io_details(sub, sub.outputs),
                           tensor_types=Counter(type_name(t.type).lower() for t in sub.tensors),
                           num_subgraphs=len(model.subgraphs))
+
+
+def input_range(contents: TFLiteContents) -> tuple[tuple[float, float], str]:
+    """The value range RGB pixels are mapped to for this file, and why: ``(0, 1)`` for
+    MediaPipe's selfie segmentation models (recognized by their signature: one float32 input
+    named ``input_1`` of 256x256x3 or 144x256x3 and one single-channel output), else
+    ``(0, 255)``, what every ``sinet export`` file takes."""
+    ins, outs = contents.inputs, contents.outputs
+    if (len(ins) == 1 and len(outs) == 1 and ins[0]["name"] == "input_1" and ins[0]["dtype"] == "float32"
+            and ins[0]["shape"][1:] in ([256, 256, 3], [144, 256, 3]) and outs[0]["shape"][-1] == 1):
+        return (0.0, 1.0), "MediaPipe selfie signature"
+    return (0.0, 255.0), "default"
 
 
 def _is_constant_one(model, sub, producer, tensor: int) -> bool:

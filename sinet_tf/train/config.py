@@ -69,6 +69,10 @@ class StageConfig:
     early_stopping_patience: int | None = None
     jit_compile: Any = False
     run_eagerly: bool = False                      # debugging / tiny test runs (no graph tracing)
+    lr_multipliers: dict = field(default_factory=dict)   # {weight-path pattern: factor} (train/param_groups.py)
+    teacher: str | None = None                     # distillation (train/distill.py): init, .keras, .tflite or preset
+    teacher_resize: bool = False                   # resize the batch to a teacher of another input size
+    teacher_input_range: tuple[float, float] | None = None   # .tflite teacher's pixel range (default: its own)
 
 
 @dataclass
@@ -82,6 +86,8 @@ class TrainConfig:
     mixed_precision: Any = "auto"                  # auto: on when a GPU is present
     strategy: str = "default"
     on_bad_sample: str = "raise"
+    extra_data: str | None = None                  # more training examples (a dataset or synthetic:N), after `data`'s
+    copy_paste: int = 0                            # copy-paste composites appended to the training set (data/composite.py)
     recipe: str = ""
 
     def to_dict(self) -> dict:
@@ -205,6 +211,15 @@ def _input_size(value):
         raise _Invalid(f"{_show(list(value))}: {e}") from None
 
 
+def _value_range(value):
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _Invalid(f"{_show(value)} is not a pair [low, high]")
+    low, high = (_number()(v) for v in value)
+    if not low < high:
+        raise _Invalid(f"{_show(list(value))}: low must be below high")
+    return (low, high)
+
+
 def _augment(value):
     if isinstance(value, (bool, dict)):
         return value
@@ -228,11 +243,14 @@ _STAGE_TYPES = {
     "temperature": _number(gt=0), "edge_weight": _number(ge=0), "aux_weight": _number(ge=0),
     "init": _optional(_text), "init_strict": _boolean, "early_stopping_patience": _optional(_integer(1)),
     "jit_compile": _choice(True, False, "auto"), "run_eagerly": _boolean,
+    "lr_multipliers": _mapping, "teacher": _optional(_text), "teacher_resize": _boolean,
+    "teacher_input_range": _optional(_value_range),
 }
 _TOP_TYPES = {
     "data": _path, "val_data": _optional(_path), "train_split": _optional(_text), "val_split": _optional(_text),
     "seed": _integer(0), "mixed_precision": _choice("auto", True, False, "on", "off", "mixed_float16"),
     "strategy": _choice("default", "mirrored", "multiworker", "tpu"), "on_bad_sample": _choice("raise", "skip"),
+    "extra_data": _optional(_text), "copy_paste": _integer(0),
 }
 
 
@@ -351,6 +369,20 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
             try:
                 stage.augment = PortraitNetAugmentation(**{k: tuple(v) if isinstance(v, list) else v
                                                           for k, v in stage.augment.items()})
+            except ValueError as e:
+                raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
+        if stage.lr_multipliers:
+            from sinet_tf.train.param_groups import check_lr_multipliers
+
+            try:
+                stage.lr_multipliers = check_lr_multipliers(stage.lr_multipliers)
+            except ValueError as e:
+                raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
+        if stage.teacher or "kd" in str(stage.loss):
+            from sinet_tf.train.distill import check_stage
+
+            try:
+                check_stage(stage)
             except ValueError as e:
                 raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
         if stage.init and stage.init.startswith("stage:") and stage.init[6:] not in [s.name for s in stages]:

@@ -51,6 +51,8 @@ import keras
 import tensorflow as tf
 
 from sinet_tf.compat import multiworker_fit_builds_locally, optimizer_variable_key
+from sinet_tf.data.base import ConcatSource
+from sinet_tf.data.composite import CompositeSource
 from sinet_tf.data.pipeline import make_pipeline, steps_per_epoch
 from sinet_tf.data.sources import open_source
 from sinet_tf.files import save_keras_atomic, write_atomic
@@ -61,6 +63,8 @@ from sinet_tf.registry import build_model
 from sinet_tf.train.aux_head import AUX_OUTPUT, AuxHeadModel, AuxLoss, has_aux_output
 from sinet_tf.train.cluster import cluster_watchdog, read_tf_config
 from sinet_tf.train.config import StageConfig, TrainConfig
+from sinet_tf.train.distill import wrap_for_distillation
+from sinet_tf.train.param_groups import PerVariableLearningRate
 from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
 from sinet_tf.weights import load_weights
 
@@ -79,11 +83,12 @@ class TrainingDiverged(TrainingError):
     """The loss or the weights became non-finite; the epoch was not committed."""
 
 
-class _CoupledL2:
+class _CoupledL2(PerVariableLearningRate):
     """*Coupled* L2 weight decay, ``g <- g + l2 * w``, for a Keras optimizer: variables whose
     path contains one of ``l2_exclude`` (default: depthwise kernels) are not decayed. The
     decay is added in ``update_step``, i.e. to the gradient after it has been summed over
-    replicas, so it does not scale with the number of devices."""
+    replicas, so it does not scale with the number of devices. ``lr_multipliers`` scale the
+    learning rate per weight (:mod:`sinet_tf.train.param_groups`)."""
 
     def __init__(self, l2: float = 0.0, l2_exclude=("depthwise_kernel",), **kwargs):
         super().__init__(**kwargs)
@@ -384,9 +389,17 @@ def _schedule(stage: StageConfig, steps_per_epoch: int):
 
 def _compile(model, stage: StageConfig, steps_per_epoch: int):
     """Compile ``model`` for ``stage``; returns the model to fit (a :class:`TwoViewModel`
-    around it for two-view stages, an :class:`AuxHeadModel` for a network with an auxiliary head)."""
+    around it for two-view stages, an :class:`AuxHeadModel` for a network with an auxiliary head,
+    a :class:`~sinet_tf.train.distill.DistillModel` for a stage with a teacher)."""
     optimizer_class = {"adam": AdamL2, "sgd": SGDL2}[stage.optimizer]
     options = {"momentum": stage.momentum} if stage.optimizer == "sgd" else {}
+    if stage.lr_multipliers:
+        paths = [w.path for w in model.trainable_weights]
+        unmatched = [p for p in stage.lr_multipliers if not any(p in q for q in paths)]
+        if unmatched:
+            raise TrainingError(f"stage {stage.name!r}: lr_multipliers pattern {unmatched[0]!r} matches no trainable "
+                                f"weight of {model.name} (paths look like {paths[0]!r})")
+        options["lr_multipliers"] = stage.lr_multipliers
     optimizer = optimizer_class(learning_rate=_schedule(stage, steps_per_epoch), l2=stage.weight_decay,
                                 l2_exclude=stage.weight_decay_exclude, **options)
     loss, metric = build_loss(stage.loss), PersonIoU()
@@ -398,10 +411,17 @@ def _compile(model, stage: StageConfig, steps_per_epoch: int):
     if stage.aux_weight and not aux:
         raise TrainingError(f"stage {stage.name!r}: aux_weight is {stage.aux_weight} but {model.name} has no "
                             f"{AUX_OUTPUT} output; build it with model_kwargs {{aux_head: true}}")
+    if aux and stage.teacher:
+        raise TrainingError(f"stage {stage.name!r}: distillation (teacher) does not support an auxiliary head")
     if aux:
         model = AuxHeadModel(model, name=f"{model.name}_aux")
         loss = AuxLoss(loss, num_classes=model.num_classes, aux_weight=stage.aux_weight)
         metric = TwoViewPersonIoU(model.num_classes)   # of the main logits, the first channels
+    elif stage.teacher:
+        if stage.two_views:
+            raise TrainingError(f"stage {stage.name!r}: distillation (teacher) and two_views do not combine")
+        model, loss = wrap_for_distillation(model, loss, stage)
+        metric = TwoViewPersonIoU(model.num_classes)   # of the network's logits, the first channels
     elif stage.two_views:
         model = TwoViewModel(model, name=f"{model.name}_two_view")
         loss = TwoViewLoss(loss, num_classes=model.num_classes, has_edge=model.has_edge,
@@ -471,6 +491,11 @@ def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, repl
     # Open and check every stage's data before any training starts.
     train_source = open_source(config.data, config.train_split, config.seed, config.on_bad_sample)
     val_source = open_source(config.val_data or config.data, config.val_split, config.seed, config.on_bad_sample)
+    if config.copy_paste:
+        train_source = CompositeSource(train_source, config.copy_paste, config.seed)
+    if config.extra_data:
+        train_source = ConcatSource([train_source, open_source(config.extra_data, config.train_split, config.seed,
+                                                               config.on_bad_sample)])
     if len(train_source) == 0 or len(val_source) == 0:
         raise TrainingError(f"training data {config.data!r}: the training or validation split is empty")
     for stage in config.stages:
