@@ -202,7 +202,7 @@ def test_recipe_errors_name_the_stage_and_the_problem(tmp_path):
         load_recipe(_recipe(tmp_path, loss="'ce + kd'"))
     with pytest.raises(RecipeError, match=r"stage 's': teacher file not found: nope\.keras"):
         load_recipe(_recipe(tmp_path, loss="'ce + kd'", teacher="nope.keras"))
-    with pytest.raises(RecipeError, match=r"teacher_input_range must be two numbers"):
+    with pytest.raises(RecipeError, match=r"r\.yaml: stage .s.: teacher_input_range: \[1\] is not a pair \[low, high\]"):
         load_recipe(_recipe(tmp_path, loss="'ce + kd'", teacher="init", teacher_input_range="[1]"))
     with pytest.raises(RecipeError, match=r"unknown key 'teacher_resise'.*did you mean 'teacher_resize'"):
         load_recipe(_recipe(tmp_path, loss="'ce + kd'", teacher="init", teacher_resise="true"))

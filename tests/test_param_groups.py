@@ -61,7 +61,7 @@ def test_recipe_values_are_checked():
     with pytest.raises(RecipeError, match=r"default\.yaml: stage .*lr_multipliers: the factor of 'encoder\.' must be "
                                           r"a number >= 0, got -1"):
         load_recipe(RECIPE_DIR / "default.yaml", overrides=["lr_multipliers={encoder.: -1}"])
-    with pytest.raises(RecipeError, match="lr_multipliers must be a mapping"):
+    with pytest.raises(RecipeError, match=r"default\.yaml: lr_multipliers: 0\.1 is not a mapping"):
         load_recipe(RECIPE_DIR / "default.yaml", overrides=["lr_multipliers=0.1"])
 
 

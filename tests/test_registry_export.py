@@ -24,7 +24,7 @@ from sinet_tf.models.bisenetv2 import ExpandingDepthwiseConv2D
 from sinet_tf.runtime import TFLiteRunner
 from sinet_tf.runtime.model_file import op_name, parse_model
 
-from registry_cases import assert_outputs_match, model_params, pixels, small_model_fixture
+from registry_cases import assert_outputs_match, model_params, parity_rtol, pixels, small_model_fixture
 
 small_model = small_model_fixture([p for p in model_params(slow_tags=("large", "stage1"))
                                    if p not in ("sinet", "extremec3net")])
@@ -82,8 +82,10 @@ def test_tflite_conversion_matches_keras_and_is_gpu_compatible(small_model):
     runner = TFLiteRunner(data)
     assert runner.input_shape == (1, *small_model.input_shape[1:])
     x = pixels(6, small_model.input_shape[1:])
-    # measured: 1e-6 to 3e-5 of the output's scale (XNNPACK vs TensorFlow kernels)
-    assert_outputs_match(runner(x), small_model(x), rtol=1e-4, what=f"{small_model.name} TFLite vs Keras")
+    # measured: 1e-6 to 3e-5 of the output's scale (XNNPACK vs TensorFlow kernels); the
+    # chaotic deep variants more (registry_cases.parity_rtol)
+    assert_outputs_match(runner(x), small_model(x), rtol=parity_rtol(small_model.name),
+                         what=f"{small_model.name} TFLite vs Keras")
     report = check_gpu_compatibility(data)
     assert report.compatible, report.summary()
     # the multiply-adds `sinet models` reports are the converted graph's, less what only the device runs

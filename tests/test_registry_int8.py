@@ -8,12 +8,13 @@ minute of CI's two cores. SINet itself is exported in full int8 with its officia
 by test_export.py and test_demo.py, so it is not repeated here with random ones."""
 
 import numpy as np
+import pytest
 
 from sinet_tf.export import export_tflite
 from sinet_tf.export.quantize import inspect_tflite
 from sinet_tf.runtime import TFLiteRunner
 
-from registry_cases import MIN_OUTPUT_SCALE, batchnorm_from_data, model_params, small_model_fixture
+from registry_cases import MIN_OUTPUT_SCALE, batchnorm_from_data, model_params, noise_stability, small_model_fixture
 
 # BatchNorm statistics from the calibration photos below, not the fixture's random pixels
 small_model = small_model_fixture([p for p in model_params(slow_tags=("large", "stage1")) if p != "sinet"],
@@ -46,5 +47,13 @@ def test_full_int8_export_is_integer_inside_gpu_compatible_and_tracks_the_float_
                    else small_model(x, training=False)).ravel()
     assert np.abs(f).max() >= MIN_OUTPUT_SCALE, "the float model's output is about zero: nothing to track"
     corr = float(np.corrcoef(q, f)[0, 1])
-    print(f"{small_model.name}: int8 vs float logits correlation {corr:.4f}")
+    stability = noise_stability(small_model, x)
+    print(f"{small_model.name}: int8 vs float logits correlation {corr:.4f}; the float model's own output "
+          f"under half a grey level of input noise: correlation {stability:.4f}")
+    if stability < 0.4:
+        # a chaotic random network (DeepLabv3+ Xception: 0.07): the float model itself does not
+        # meet the bar under noise far smaller than int8's rounding, so tracking is no test of
+        # the quantization; the checks above (integer inside, GPU, non-zero) still ran
+        pytest.skip(f"{small_model.name} with random weights is chaotic (float output correlation {stability:.3f} "
+                    "under 0.5 grey levels of input noise): int8 tracking is not measurable")
     assert corr > 0.4, corr
