@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from contextlib import contextmanager
-from pathlib import Path
 
 import cv2
 import numpy as np

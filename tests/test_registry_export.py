@@ -13,7 +13,6 @@ not repeated here with random ones; the stage-1 encoders (tag ``stage1``) join w
 
 import math
 
-import numpy as np
 
 from sinet_tf.export import check_gpu_compatibility, convert_float32
 from sinet_tf.layers.information_blocking import InformationBlockingGate
