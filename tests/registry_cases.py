@@ -121,3 +121,21 @@ def small_model_fixture(params, calibrate=True):
 
 
 small_model = small_model_fixture(MODEL_PARAMS)
+
+
+def randomize_weights(model, rng):
+    """Random weights in every layer of ``model`` (drawn from ``rng``), with BatchNorm
+    statistics of both signs and PReLU slopes in [-0.5, 1.5] (slopes > 1 and < 0 need the
+    signed forms of the rewrites), so an equivalence test exercises every case. Returns
+    ``model``."""
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = weights[0].shape
+            layer.set_weights([rng.normal(0, 1, c), rng.normal(0, 0.5, c), rng.normal(0, 0.5, c),
+                               rng.uniform(0.2, 2.0, c)])
+        elif isinstance(layer, keras.layers.PReLU):
+            layer.set_weights([rng.uniform(-0.5, 1.5, weights[0].shape)])
+        elif weights:
+            layer.set_weights([rng.normal(0, 0.5, w.shape) for w in weights])
+    return model

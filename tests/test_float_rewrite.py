@@ -15,6 +15,8 @@ from sinet_tf.export.rewrite import (PASSES, REWRITE_MODES, OffsetConv2D, Rewrit
                                      float_friendly, int8_friendly, passes_for, rewrite_for_export, rewrite_mode)
 from sinet_tf.layers.normalization import InputNormalization
 
+from registry_cases import randomize_weights
+
 RNG = np.random.default_rng(3)
 FLOAT_PASSES = ["batch_norms", "pointwise_merge", "concat_activations", "column_blocks"]
 
@@ -144,15 +146,7 @@ def test_column_block_kernel_is_the_same_convolution(k, stride, block):
 
 
 def _randomize(model):
-    for layer in model.layers:
-        weights = layer.get_weights()
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = weights[0].shape
-            layer.set_weights([RNG.normal(0, 1, c), RNG.normal(0, 0.5, c), RNG.normal(0, 0.5, c),
-                               RNG.uniform(0.2, 2.0, c)])
-        elif weights:
-            layer.set_weights([RNG.normal(0, 0.5, w.shape) for w in weights])
-    return model
+    return randomize_weights(model, RNG)
 
 
 def _max_rel_diff(a, b, x):

@@ -18,23 +18,13 @@ from sinet_tf.layers.normalization import InputNormalization
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.layers.s2 import s2_module
 
+from registry_cases import randomize_weights
+
 RNG = np.random.default_rng(0)
 
 
 def _randomize(model):
-    """Random weights everywhere, with BN statistics and PReLU slopes of both signs
-    (including slopes > 1, which need the signed decomposition)."""
-    for layer in model.layers:
-        weights = layer.get_weights()
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = weights[0].shape
-            layer.set_weights([RNG.normal(0, 1, c), RNG.normal(0, 0.5, c), RNG.normal(0, 0.5, c),
-                               RNG.uniform(0.2, 2.0, c)])
-        elif isinstance(layer, keras.layers.PReLU):
-            layer.set_weights([RNG.uniform(-0.5, 1.5, weights[0].shape)])
-        elif weights:
-            layer.set_weights([RNG.normal(0, 0.5, w.shape) for w in weights])
-    return model
+    return randomize_weights(model, RNG)
 
 
 def _bn(x):
