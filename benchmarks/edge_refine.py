@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -51,15 +49,6 @@ RADII = (1, 2, 3, 4, 5, 6, 8)
 # that eps regularizes
 EPSILONS = (1e-3, 3e-3, 1e-2)
 
-
-def cpu_isa() -> str:
-    """The CPU's vector ISA flags that matter for the latency figures."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    flags = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx_vnni)\b", text)))
-    return " ".join(flags) or platform.machine()
 
 
 def model_outputs(segmenter, split, keep_aspect: bool):
@@ -169,7 +158,7 @@ def markdown(result: dict) -> str:
     for r in result["val"]:
         lines.append(f"| SINet official | {r['input']} | {r['refine']} | {r['person_iou']:.4f} | "
                      f"{r['iou_vs_none']:+.4f} | {r['boundary_f']:.4f} | {r['bf_vs_none']:+.4f} |")
-    lines += ["", f"Latency (LiteRT/XNNPACK, 1 thread, {result['latency'][0]['runs']} interleaved runs; CPU flags: "
+    lines += ["", f"Latency (LiteRT/XNNPACK, 1 thread, {result['latency'][0]['runs']} interleaved runs; CPU: "
               f"{result['cpu']}):", "", "| file | ops | GPU delegate | median ms | vs plain |",
               "| --- | ---: | --- | ---: | ---: |"]
     for r in result["latency"]:
@@ -183,6 +172,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from sinet_tf.bench.host import cpu_info, cpu_label
     from sinet_tf.files import write_atomic
     from sinet_tf.inference import Segmenter
 
@@ -239,7 +229,7 @@ def main(argv=None) -> int:
                         "median_ratio": round(float(np.median(ms) / np.median(times["plain"])), 3), "runs": len(ms),
                         "max_abs_diff_vs_keras": f["max_abs_diff_vs_keras"]})
     result = {"chosen": chosen, "train_none": train_none, "grid": grid, "val": val_rows, "latency": latency,
-              "numpy": cost, "cpu": cpu_isa()}
+              "numpy": cost, "cpu": cpu_label(cpu_info())}
     write_atomic(json.dumps(result, indent=2).encode(), out / "edge_refine.json")
     write_atomic(markdown(result).encode(), out / "edge_refine.md")
     print(markdown(result))

@@ -24,29 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_RECIPES = ("training/sinet.yaml", "training/sinet_finetune.yaml", "training/portraitnet.yaml")
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
-
-def cpu_info() -> dict:
-    """Model name and the ISA flags that matter for these kernels (Linux /proc/cpuinfo)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags |= set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": name, "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
 def _timed(fn, steps: int) -> float:
@@ -123,6 +107,7 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
+    from sinet_tf.bench.host import cpu_info
     from sinet_tf.train import load_recipe
 
     if args.mixed_precision:

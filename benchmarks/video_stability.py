@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -51,15 +49,6 @@ DATA = SHARED / "datasets" / "humanseg290"
 WEIGHTS = SHARED / "reference" / "official" / "sinet_official_state_dict.npz"
 SELFIE = REPO / "export" / "peers" / "models" / "selfie_segmentation.tflite"
 
-
-def cpu_isa() -> str:
-    """The CPU's vector ISA flags that matter for the latency figures."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    flags = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx_vnni)\b", text)))
-    return " ".join(flags) or platform.machine()
 
 
 def sinet_variants(quick: bool):
@@ -112,6 +101,7 @@ def mediapipe_client(path: Path):
 
 
 def run(quick: bool, n_videos: int | None, n_frames: int | None, selfie: Path | None, say=print) -> list[dict]:
+    from sinet_tf.bench.host import cpu_info, cpu_label
     from sinet_tf.data.readers import load_dataset
     from sinet_tf.inference import Segmenter
     from sinet_tf.postprocess import MattePostprocessor, model_frame
@@ -160,7 +150,7 @@ def run(quick: bool, n_videos: int | None, n_frames: int | None, selfie: Path | 
     for r in rows:
         r["instability_vs_none"] = round(r["instability"] / base, 3) if base else None
         r["person_iou_vs_none"] = round(r["person_iou"] - rows[1]["person_iou"], 5)
-        r["cpu"] = cpu_isa()
+        r["cpu"] = cpu_label(cpu_info())
     return rows
 
 
@@ -173,7 +163,7 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['person_iou_vs_none']:+.4f} | {r['instability']:.4f} | {r['instability_vs_none']:.2f}x | "
                      f"{r['flip_rate']:.4f} | {r['boundary_f']:.4f} | {r['ms_per_frame']:.2f} |")
     r = rows[0]
-    lines.append(f"\n{r['n_videos']} videos x {r['n_frames'] // max(r['n_videos'], 1)} frames; CPU flags: {r['cpu']}; "
+    lines.append(f"\n{r['n_videos']} videos x {r['n_frames'] // max(r['n_videos'], 1)} frames; CPU: {r['cpu']}; "
                  "ms/frame: post-processing only (SINet rows), the whole segment_for_video call (MediaPipe).")
     return "\n".join(lines) + "\n"
 
