@@ -14,7 +14,7 @@ PACKAGE = REPO / "sinet_tf"
 # Lowest first. A module may import modules of a lower floor, or of its own package
 # (sinet_tf.export.x -> sinet_tf.export.y); never a higher floor or a sibling on its floor.
 FLOORS = [
-    ["sinet_tf", "sinet_tf.compat", "sinet_tf.files", "sinet_tf.progress", "sinet_tf.registry"],
+    ["sinet_tf", "sinet_tf.compat", "sinet_tf.files", "sinet_tf.lazy", "sinet_tf.progress", "sinet_tf.registry"],
     ["sinet_tf.layers", "sinet_tf.data", "sinet_tf.losses", "sinet_tf.metrics", "sinet_tf.runtime"],
     ["sinet_tf.backbones", "sinet_tf.model_cost"],
     ["sinet_tf.models", "sinet_tf.weights", "sinet_tf.presets"],

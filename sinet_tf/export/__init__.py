@@ -9,7 +9,7 @@ without TensorFlow.
 
 from __future__ import annotations
 
-import importlib
+from sinet_tf.lazy import lazy_attributes
 
 _NAMES = {
     "ExportReport": "exporter", "calibration_images": "exporter", "export_tflite": "exporter",
@@ -24,13 +24,4 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_NAMES))
+__getattr__, __dir__ = lazy_attributes(__name__, {name: f"{__name__}.{module}" for name, module in _NAMES.items()})
