@@ -163,10 +163,12 @@ class _Kill(Exception):
     pass
 
 
-def _killer(epoch, batch):
+def _after_batch(epoch, batch, action):
+    """A callback that calls ``action(model)`` after batch ``batch`` of epoch ``epoch``
+    (both 0-based)."""
     import keras
 
-    class Kill(keras.callbacks.Callback):
+    class AfterBatch(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.epoch = None
@@ -176,9 +178,16 @@ def _killer(epoch, batch):
 
         def on_train_batch_end(self, b, logs=None):
             if self.epoch == epoch and b == batch:
-                raise _Kill(f"killed in epoch {epoch + 1} after batch {batch + 1}")
+                action(self.model)
 
-    return Kill()
+    return AfterBatch()
+
+
+def _killer(epoch, batch):
+    def kill(model):
+        raise _Kill(f"killed in epoch {epoch + 1} after batch {batch + 1}")
+
+    return _after_batch(epoch, batch, kill)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -208,22 +217,11 @@ def test_killed_and_resumed_run_has_the_same_history(tmp_path):
 def _poison(epoch):
     """A callback that puts a NaN into the first weight after the first batch of ``epoch``
     (0-based): a run that diverged."""
-    import keras
+    def poison(model):
+        w = model.weights[0]
+        w.assign(np.full(w.shape, np.nan, dtype="float32"))
 
-    class Poison(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.epoch = None
-
-        def on_epoch_begin(self, e, logs=None):
-            self.epoch = e
-
-        def on_train_batch_end(self, b, logs=None):
-            if self.epoch == epoch and b == 0:
-                w = self.model.weights[0]
-                w.assign(np.full(w.shape, np.nan, dtype="float32"))
-
-    return Poison()
+    return _after_batch(epoch, 0, poison)
 
 
 @pytest.mark.filterwarnings("ignore")
