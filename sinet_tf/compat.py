@@ -17,7 +17,7 @@ import logging
 from io import StringIO
 
 __all__ = ["StackChanged", "freeze_concrete_function", "converter_from_frozen_function", "calibrate_only",
-           "quantize_calibrated", "layer_input_producers", "optimizer_variable_key", "interpreter_ops",
+           "quantize_calibrated", "layer_input_producers", "optimizer_variable_key", "optimizer_ema_pairs", "interpreter_ops",
            "xla_window_gather", "multiworker_fit_builds_locally"]
 
 TESTED_WITH = "TensorFlow 2.21, Keras 3.15, ai-edge-litert 2.3"
@@ -113,6 +113,15 @@ def optimizer_variable_key(optimizer, variable):
     (``Optimizer._var_key``): stable across replicas of a distributed variable."""
     with _private("keras Optimizer._var_key"):
         return optimizer._var_key(variable)
+
+
+def optimizer_ema_pairs(optimizer) -> list[tuple]:
+    """``(variable, moving average)`` for every trainable variable of a Keras optimizer built
+    with ``use_ema=True`` (``Optimizer._trainable_variables`` and
+    ``_model_variables_moving_average``; a loss-scale wrapper's inner optimizer)."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    with _private("keras Optimizer._trainable_variables / _model_variables_moving_average"):
+        return list(zip(optimizer._trainable_variables, optimizer._model_variables_moving_average))
 
 
 def interpreter_ops(interpreter) -> list[dict]:

@@ -214,6 +214,44 @@ def test_killed_and_resumed_run_has_the_same_history(tmp_path):
         train(_tiny(tmp_path, epochs=4), tmp_path / "killed", resume=True, **quiet)
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_ema_validates_and_keeps_the_moving_average_and_resumes_exactly(tmp_path):
+    """``ema: m``: best.keras holds the NumPy moving average a_1 = w_1, a_k = m a_(k-1) + (1 - m) w_k
+    of the raw weights after each step; last.keras holds the raw weights, so a run killed and
+    resumed from the command line's state equals an uninterrupted one."""
+    import keras
+
+    raws = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, b, logs=None):
+            raws.append({w.path: keras.ops.convert_to_numpy(w).copy() for w in self.model.trainable_weights})
+
+    m, quiet = 0.6, dict(verbose=0, log=lambda *a: None)
+    full = train(_tiny(tmp_path, epochs=2, ema=m), tmp_path / "full", extra_callbacks=[Record()], **quiet)
+    stage = full["stages"][0]
+    steps = len(raws) // 2
+    average = dict(raws[0])
+    for k, raw in enumerate(raws[1:steps * stage["best_epoch"]], start=2):
+        average = {p: m * average[p] + (1 - m) * raw[p] for p in average}
+    best = {w.path: keras.ops.convert_to_numpy(w)
+            for w in keras.models.load_model(tmp_path / "full" / "train" / "best.keras").trainable_weights}
+    last = {w.path: keras.ops.convert_to_numpy(w)
+            for w in keras.models.load_model(tmp_path / "full" / "train" / "last.keras").trainable_weights}
+    assert best.keys() == average.keys() == last.keys()
+    end = raws[steps * stage["best_epoch"] - 1]
+    assert max(float(np.abs(average[p] - end[p]).max()) for p in average) > 1e-4   # the average is not the raw
+    for p in average:
+        np.testing.assert_allclose(best[p], average[p], rtol=1e-4, atol=1e-6, err_msg=p)
+        np.testing.assert_array_equal(last[p], raws[-1][p], err_msg=p)
+    with pytest.raises(_Kill):
+        train(_tiny(tmp_path, epochs=2, ema=m), tmp_path / "killed", extra_callbacks=[_killer(epoch=1, batch=0)],
+              **quiet)
+    resumed = train(_tiny(tmp_path, epochs=2, ema=m), tmp_path / "killed", resume=True, **quiet)
+    for key in ("loss", "val_loss", "val_person_iou"):
+        assert [r[key] for r in resumed["stages"][0]["history"]] == [r[key] for r in stage["history"]], key
+
+
 def _poison(epoch):
     """A callback that puts a NaN into the first weight after the first batch of ``epoch``
     (0-based): a run that diverged."""

@@ -55,6 +55,7 @@ class StageConfig:
     lr_power: float = 0.9                          # poly: lr * (1 - step / total_steps) ** lr_power
     weight_decay: float = 2e-4                     # coupled L2 (PyTorch's / Caffe's weight_decay)
     weight_decay_exclude: tuple[str, ...] = ("depthwise_kernel",)
+    ema: float = 0.0                               # >0: validate and keep as best the weights' moving average (Polyak)
     loss: Any = "ce"
     label_stride: int = 1                          # 8 for SINet's 1/8 encoder stage
     augment: Any = True                            # true (PortraitNet's spec), false, or a mapping of spec fields
@@ -238,7 +239,7 @@ _STAGE_TYPES = {
     "optimizer": _choice("adam", "sgd"), "momentum": _number(ge=0, lt=1),
     "lr_schedule": _choice("step", "poly"), "lr_milestones": _int_list(1), "lr_factor": _number(gt=0),
     "lr_step_every": _optional(_integer(1)), "lr_power": _number(gt=0), "weight_decay": _number(ge=0),
-    "weight_decay_exclude": _text_list, "loss": _loss, "label_stride": _integer(1), "augment": _augment,
+    "weight_decay_exclude": _text_list, "ema": _number(ge=0, lt=1), "loss": _loss, "label_stride": _integer(1), "augment": _augment,
     "backend": _choice("tf", "imgaug"), "two_views": _boolean, "consistency_weight": _number(ge=0),
     "temperature": _number(gt=0), "edge_weight": _number(ge=0), "aux_weight": _number(ge=0),
     "init": _optional(_text), "init_strict": _boolean, "early_stopping_patience": _optional(_integer(1)),

@@ -33,6 +33,7 @@ checkpoint is written), ``best`` (after the best checkpoint, an epoch that impro
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -50,7 +51,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from sinet_tf.compat import multiworker_fit_builds_locally, optimizer_variable_key
+from sinet_tf.compat import multiworker_fit_builds_locally, optimizer_ema_pairs, optimizer_variable_key
 from sinet_tf.data.base import ConcatSource
 from sinet_tf.data.composite import CompositeSource
 from sinet_tf.data.pipeline import make_pipeline, steps_per_epoch
@@ -218,13 +219,54 @@ def _non_finite(model) -> str | None:
     return None
 
 
+class _MovingAverage(keras.callbacks.Callback):
+    """Validation sees the optimizer's exponential moving average of the weights (Polyak
+    averaging; Polyak & Juditsky 1992, the ``ema`` stage key), training goes on with the raw
+    weights. The swap is a copy, not Keras' add/subtract swap, so the raw weights come back
+    bit for bit and a resumed run equals an uninterrupted one. BatchNorm's moving statistics
+    are not trainable and stay as they are."""
+
+    def __init__(self):
+        super().__init__()
+        self._swapped = False
+
+    def _swap(self):
+        for variable, average in optimizer_ema_pairs(self.model.optimizer):
+            raw = keras.ops.convert_to_numpy(variable)
+            variable.assign(keras.ops.convert_to_numpy(average))
+            average.assign(raw)
+        self._swapped = not self._swapped
+
+    @contextlib.contextmanager
+    def holding_average(self):
+        """The model holds the averaged weights inside the block."""
+        swap = not self._swapped
+        if swap:
+            self._swap()
+        try:
+            yield
+        finally:
+            if swap:
+                self._swap()
+
+    def on_test_begin(self, logs=None):
+        if not self._swapped:
+            self._swap()
+
+    def on_test_end(self, logs=None):
+        if self._swapped:
+            self._swap()
+
+
 class _RunState(keras.callbacks.Callback):
     """One commit per epoch (module docstring): checkpoint files under new names, then
     ``state.json`` naming them, then the published names."""
 
-    def __init__(self, run_dir: Path, stage: StageConfig, state: dict, history: list[dict], monitor="val_person_iou"):
+    def __init__(self, run_dir: Path, stage: StageConfig, state: dict, history: list[dict], monitor="val_person_iou",
+                 average: _MovingAverage | None = None):
         super().__init__()
         self.run_dir, self.stage, self.state, self.history, self.monitor = run_dir, stage, state, history, monitor
+        self.average = average     # best.keras gets the averaged weights that validation scored
         self.stage_dir = run_dir / stage.name
         self.diverged: str | None = None
         self._kill = _kill_point()
@@ -271,7 +313,8 @@ class _RunState(keras.callbacks.Callback):
         if value is not None and (best is None or value > best):
             # best.keras is the deployable network (without a training wrapper)
             files["best"] = f"{name}/checkpoints/best-e{n:04d}.keras"
-            save_keras_atomic(getattr(self.model, "network", self.model), self.run_dir / files["best"])
+            with self.average.holding_average() if self.average else contextlib.nullcontext():
+                save_keras_atomic(getattr(self.model, "network", self.model), self.run_dir / files["best"])
             self._fault("best", n)
             state["best"], state["best_epoch"] = value, n
         state["epoch"] = n
@@ -400,6 +443,8 @@ def _compile(model, stage: StageConfig, steps_per_epoch: int):
             raise TrainingError(f"stage {stage.name!r}: lr_multipliers pattern {unmatched[0]!r} matches no trainable "
                                 f"weight of {model.name} (paths look like {paths[0]!r})")
         options["lr_multipliers"] = stage.lr_multipliers
+    if stage.ema:
+        options.update(use_ema=True, ema_momentum=stage.ema)
     optimizer = optimizer_class(learning_rate=_schedule(stage, steps_per_epoch), l2=stage.weight_decay,
                                 l2_exclude=stage.weight_decay_exclude, **options)
     loss, metric = build_loss(stage.loss), PersonIoU()
@@ -574,8 +619,9 @@ def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, repl
                                    label_stride=label_stride)
             if multiworker:
                 val_ds = _unsharded(val_ds)
-            run_state = _RunState(files_dir, stage, state, history)
-            callbacks = [run_state, keras.callbacks.TerminateOnNaN(),
+            average = _MovingAverage() if stage.ema else None
+            run_state = _RunState(files_dir, stage, state, history, average=average)
+            callbacks = [*([average] if average else []), run_state, keras.callbacks.TerminateOnNaN(),
                          keras.callbacks.TensorBoard(str(files_dir / stage.name / "tensorboard"), write_graph=False),
                          *extra_callbacks]
             if stage.early_stopping_patience:
