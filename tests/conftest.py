@@ -2,6 +2,11 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# pytest-xdist's two workers share CI's two cores: one TensorFlow op thread in each rather than
+# one per core in each (7% less wall time, measured on tests/test_registry*.py). Processes the
+# tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
