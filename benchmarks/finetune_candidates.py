@@ -184,9 +184,10 @@ def run_candidate(name: str, out: Path, epochs: int | None, extra: list[str]) ->
     return row
 
 
-def wise_ft(finetuned: Path, alpha: float, out: Path, recipe=None) -> Path:
+def wise_ft(finetuned: Path, alpha: float, out: Path, recipe=None, reestimate_bn: bool = True) -> Path:
     """WiSE-FT of ``finetuned`` with the official checkpoint at ``alpha``, BatchNorm statistics
-    re-estimated on one epoch of the recipe's augmented training batches; saved to ``out``."""
+    re-estimated on one epoch of the recipe's augmented training batches (or, with
+    ``reestimate_bn=False``, interpolated like every other weight); saved to ``out``."""
     from sinet_tf.data.pipeline import make_pipeline
     from sinet_tf.data.sources import open_source
     from sinet_tf.files import save_keras_atomic
@@ -199,6 +200,9 @@ def wise_ft(finetuned: Path, alpha: float, out: Path, recipe=None) -> Path:
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
     original = load_model("sinet", weights=OFFICIAL_NPZ, input_size=size)
     interpolate_weights(original, model, alpha)
+    if not reestimate_bn:
+        save_keras_atomic(model, out)
+        return out
     batches = make_pipeline(open_source(str(HUMANSEG), "train", 0), size, stage.batch_size, augment=stage.augment,
                             seed=0, epochs=1)
     reestimate_batchnorm(model, batches)
@@ -246,6 +250,11 @@ def main(argv=None):
     p = sub.add_parser("wise", help="score WiSE-FT interpolations of a fine-tuned best.keras with the official")
     p.add_argument("model")
     p.add_argument("--alpha", type=float, nargs="+", default=[0.5, 0.75])
+    p.add_argument("--recipe", help="the recipe whose augmentation and batch size re-estimate BatchNorm statistics "
+                                    "(default training/sinet_finetune.yaml)")
+    p.add_argument("--bn", choices=["reestimate", "interpolate"], default="reestimate",
+                   help="BatchNorm moving statistics: re-estimated on one augmented epoch (precise BN), or "
+                        "interpolated like the weights")
     p = sub.add_parser("table", help="write benchmarks/results/finetune_candidates.{json,md} from JSON-lines rows")
     p.add_argument("rows", nargs="+")
     p.add_argument("--title", default="Fine-tuning the official SINet checkpoint: candidates")
@@ -266,8 +275,9 @@ def main(argv=None):
         return
     if args.command == "wise":
         for alpha in args.alpha:
-            path = wise_ft(Path(args.model), alpha, Path(args.model).with_name(f"wise_{alpha:g}.keras"))
-            print(json.dumps({"alpha": alpha, **score(path)}), flush=True)
+            path = wise_ft(Path(args.model), alpha, Path(args.model).with_name(f"wise_{alpha:g}_{args.bn}.keras"),
+                           recipe=args.recipe, reestimate_bn=args.bn == "reestimate")
+            print(json.dumps({"alpha": alpha, "bn": args.bn, **score(path)}), flush=True)
         return
     out = Path(args.out).resolve()
     for name in args.only or list(CANDIDATES):
