@@ -64,22 +64,28 @@ def _segmenter(model):
 
 
 def _masks(segmenter, data, split):
+    """The segmenter's masks of ``data``'s ``split``, the labels, and the metrics ``sinet
+    evaluate`` computes from the same masks (one pass over the photos)."""
     from sinet_tf.data.sources import open_source
+    from sinet_tf.metrics import SegmentationMetrics
 
     source = open_source(data, split, seed=0)
+    metrics = SegmentationMetrics(num_classes=2, ignore_index=source.ignore_index)
     masks, labels = [], []
     for i in range(len(source)):
         image, label = source.read(i)
-        masks.append(segmenter.mask(image).astype(bool))
+        masks.append(segmenter.mask(image))
         labels.append(label)
-    return masks, labels
+        metrics.update(masks[-1], label)
+    return masks, labels, metrics.result()
 
 
-def _iou(a, b, valid=None):
-    if valid is not None:
-        a, b = a & valid, b & valid
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+def _iou(a, b, ignore_index=256):
+    """Person IoU of mask ``a`` against ``b`` (labels or another mask), pixels of ``b`` equal
+    to ``ignore_index`` left out (256: none)."""
+    from sinet_tf.metrics import person_iou
+
+    return float(person_iou(a, b, ignore_index=ignore_index)[0])
 
 
 _REFERENCE_CACHE: dict = {}
@@ -94,23 +100,16 @@ def _reference_masks(name, model):
 
 def score(model) -> dict:
     """The columns above for one model (a .keras, .tflite, or the official .npz)."""
-    from sinet_tf.evaluate import evaluate
-
     seg = _segmenter(model)
-    val = evaluate(seg, str(HUMANSEG), "val")
-    syn = evaluate(seg, SYNTHETIC, "val")
-    out = {"model": str(model), "val_person_iou": val["person_iou"], "val_miou": val["miou"],
-           "val_boundary_f": val["boundary_f"], "synthetic_person_iou": syn["person_iou"]}
-    masks = {}
-    for data in (str(HUMANSEG), SYNTHETIC):
-        masks[data], labels = _masks(seg, data, "val")
-        if data == str(HUMANSEG):
-            portrait = [_iou(m, lbl == 1, lbl != 255) for m, lbl in zip(masks[data], labels)
-                        if (lbl == 1).mean() >= PORTRAIT_FRACTION]
-            out["val_portrait_iou"], out["val_portrait_n"] = float(np.mean(portrait)), len(portrait)
-        else:
-            close = [_iou(m, lbl == 1) for m, lbl in zip(masks[data], labels) if (lbl == 1).mean() >= CLOSE_UP]
-            out["synthetic_closeup_iou"], out["synthetic_closeup_n"] = float(np.mean(close)), len(close)
+    (val_masks, val_labels, val), (syn_masks, syn_labels, syn) = (_masks(seg, d, "val")
+                                                                  for d in (str(HUMANSEG), SYNTHETIC))
+    portrait = [_iou(m, lbl, 255) for m, lbl in zip(val_masks, val_labels) if (lbl == 1).mean() >= PORTRAIT_FRACTION]
+    close = [_iou(m, lbl) for m, lbl in zip(syn_masks, syn_labels) if (lbl == 1).mean() >= CLOSE_UP]
+    out = {"model": str(model), "val_person_iou": float(val["person_iou"]), "val_miou": float(val["miou"]),
+           "val_boundary_f": float(val["boundary_f"]), "synthetic_person_iou": float(syn["person_iou"]),
+           "val_portrait_iou": float(np.mean(portrait)), "val_portrait_n": len(portrait),
+           "synthetic_closeup_iou": float(np.mean(close)), "synthetic_closeup_n": len(close)}
+    masks = {str(HUMANSEG): val_masks, SYNTHETIC: syn_masks}
     references = {"official": OFFICIAL_NPZ}
     if MEDIAPIPE.is_file():
         references["mediapipe"] = MEDIAPIPE
@@ -200,12 +199,10 @@ def wise_ft(finetuned: Path, alpha: float, out: Path, recipe=None, reestimate_bn
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
     original = load_model("sinet", weights=OFFICIAL_NPZ, input_size=size)
     interpolate_weights(original, model, alpha)
-    if not reestimate_bn:
-        save_keras_atomic(model, out)
-        return out
-    batches = make_pipeline(open_source(str(HUMANSEG), "train", 0), size, stage.batch_size, augment=stage.augment,
-                            seed=0, epochs=1)
-    reestimate_batchnorm(model, batches)
+    if reestimate_bn:
+        batches = make_pipeline(open_source(str(HUMANSEG), "train", 0), size, stage.batch_size,
+                                augment=stage.augment, seed=0, epochs=1)
+        reestimate_batchnorm(model, batches)
     save_keras_atomic(model, out)
     return out
 
