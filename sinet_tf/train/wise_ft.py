@@ -8,12 +8,15 @@ fine-tuned network, ``alpha = 0`` the original. The paper finds the interpolatio
 most of the fine-tuned accuracy on the new data while recovering much of the original's
 robustness to other distributions.
 
-BatchNorm's moving statistics are not weights: the mean and variance of a layer's input in
-the interpolated network are not the interpolated means and variances, so they are
-re-estimated afterwards (:func:`reestimate_batchnorm`): every BatchNormalization layer's
-moving mean and variance become the average of its batch statistics over the given batches
-(the "precise BN" estimate, Wu and Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Sec. 3.1),
-the learned scale and shift staying interpolated.
+:func:`interpolate_weights` interpolates every variable, BatchNorm's moving statistics
+included. Those are not weights: the mean and variance of a layer's input in the interpolated
+network are not the interpolated means and variances, so they can be re-estimated afterwards
+(:func:`reestimate_batchnorm`): every BatchNormalization layer's moving mean and variance
+become the average of its batch statistics over the given batches (the "precise BN"
+estimate, Wu and Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Sec. 3.1), the learned
+scale and shift staying interpolated. Whether that helps depends on how well the batches
+stand for the photos the network will see: measure both
+(``benchmarks/finetune_candidates.py wise --bn interpolate|reestimate``).
 """
 
 from __future__ import annotations
