@@ -231,8 +231,8 @@ def test_killed_and_resumed_run_has_the_same_history(tmp_path):
 @pytest.mark.filterwarnings("ignore")
 def test_ema_validates_and_keeps_the_moving_average_and_resumes_exactly(tmp_path):
     """``ema: m``: best.keras holds the NumPy moving average a_1 = w_1, a_k = m a_(k-1) + (1 - m) w_k
-    of the raw weights after each step; last.keras holds the raw weights, so a run killed and
-    resumed from the command line's state equals an uninterrupted one."""
+    of the raw weights after each step; last.keras holds the raw weights, so a run resumed from
+    the folder as epoch 1's commit left it equals the uninterrupted one."""
     import keras
 
     raws = []
@@ -242,6 +242,7 @@ def test_ema_validates_and_keeps_the_moving_average_and_resumes_exactly(tmp_path
             raws.append({w.path: keras.ops.convert_to_numpy(w).copy() for w in self.model.trainable_weights})
 
     m, quiet = 0.6, dict(verbose=0, log=lambda *a: None)
+
     def keep_epoch_1(model):   # the run folder as a process killed after epoch 1's commit leaves it
         shutil.copytree(tmp_path / "full", tmp_path / "after_epoch_1")
 
@@ -250,12 +251,14 @@ def test_ema_validates_and_keeps_the_moving_average_and_resumes_exactly(tmp_path
     stage = full["stages"][0]
     steps = len(raws) // 2
     average = dict(raws[0])
-    for k, raw in enumerate(raws[1:steps * stage["best_epoch"]], start=2):
+    for raw in raws[1:steps * stage["best_epoch"]]:
         average = {p: m * average[p] + (1 - m) * raw[p] for p in average}
-    best = {w.path: keras.ops.convert_to_numpy(w)
-            for w in keras.models.load_model(tmp_path / "full" / "train" / "best.keras").trainable_weights}
-    last = {w.path: keras.ops.convert_to_numpy(w)
-            for w in keras.models.load_model(tmp_path / "full" / "train" / "last.keras").trainable_weights}
+
+    def trainable(name):
+        model = keras.models.load_model(tmp_path / "full" / "train" / name)
+        return {w.path: keras.ops.convert_to_numpy(w) for w in model.trainable_weights}
+
+    best, last = trainable("best.keras"), trainable("last.keras")
     assert best.keys() == average.keys() == last.keys()
     end = raws[steps * stage["best_epoch"] - 1]
     assert max(float(np.abs(average[p] - end[p]).max()) for p in average) > 1e-4   # the average is not the raw
