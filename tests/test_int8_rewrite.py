@@ -12,7 +12,8 @@ import pytest
 from sinet_tf.export.passes.graph import is_linear, read_graph, rebuild
 from sinet_tf.export.rewrite import (PASSES, AffineThenResize, ChannelAffine, ColumnBlockConv2D, DecomposedPReLU,
                                      FoldedAway, OffsetConv2D, RewritePass, ScaledAdd, SpaceToDepthConv2D,
-                                     absorb_channel_shuffles, equalize_channels, int8_friendly, register_pass,
+                                     absorb_channel_shuffles, equalize_channels, int8_friendly, int8_friendly_variants,
+                                     register_pass,
                                      unregister_pass)
 from sinet_tf.layers.normalization import InputNormalization
 from sinet_tf.layers.resize import BilinearResize
@@ -232,6 +233,21 @@ def test_each_pass_alone_keeps_the_function(official_sinet_64, name):
         assert _ALONE[name](rewritten)
     assert not any(check(rewritten) for other, check in _ALONE.items() if other != name)
     assert _max_rel_diff(model, rewritten, x) < 1e-5
+
+
+def test_variants_share_the_passes_before_equalization_and_equal_the_separate_rewrites():
+    """What the exporter's calibration search converts: the rewrite without and with
+    equalization from one run of the earlier passes, weight for weight what
+    :func:`int8_friendly` gives for each setting on its own."""
+    model = _small_model()
+    images = RNG.normal(0, 1, (4, 16, 16, 8)).astype(np.float32)
+    without, with_eq = int8_friendly_variants(model, [None, images])
+    for shared, alone in ((without, int8_friendly(model)), (with_eq, int8_friendly(model, images=images))):
+        assert [type(layer) for layer in shared.layers] == [type(layer) for layer in alone.layers]
+        for a, b in zip(shared.get_weights(), alone.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(without.get_weights(), with_eq.get_weights()))
+    assert without is not model and with_eq is not without
 
 
 def test_passes_run_in_registry_order_and_unknown_names_are_listed():

@@ -61,7 +61,7 @@ from sinet_tf.export.quantize import (
     quantize_calibrated_model,
     representative_dataset,
 )
-from sinet_tf.export.rewrite import float_friendly, int8_friendly
+from sinet_tf.export.rewrite import float_friendly, int8_friendly_variants
 from sinet_tf.export.tflite import with_fixed_batch
 from sinet_tf.files import atomic_path
 from sinet_tf.inference import resize_to_input
@@ -290,9 +290,12 @@ def _calibration_candidates(model, images, io, parity, estimators, settings, fol
     statistics collected once per rewritten model."""
     candidates = []
     names = input_names(model)
-    for equalize in settings:
+    t0 = time.perf_counter()
+    rewritten = int8_friendly_variants(model, [images[:EQUALIZATION_IMAGES] if eq else None for eq in settings])
+    say(f"rewritten for int8 ({', '.join('with' if eq else 'without' for eq in settings)} equalization) in "
+        f"{time.perf_counter() - t0:.0f} s")
+    for equalize, friendly in zip(settings, rewritten):
         t0 = time.perf_counter()
-        friendly = int8_friendly(model, images=images[:EQUALIZATION_IMAGES] if equalize else None)
         calibrated = calibrate(friendly, representative_dataset(images), io)
         stats = collect_statistics(calibrated, images) if estimators != ["minmax"] else None
         say(f"calibrated {'with' if equalize else 'without'} equalization in {time.perf_counter() - t0:.0f} s")

@@ -90,7 +90,7 @@ from sinet_tf.export.passes.space_to_depth import SpaceToDepthConv2D, convs_on_p
 __all__ = ["NEAR_RELU", "PASSES", "REWRITE_MODES", "AffineThenResize", "ChannelAffine", "ColumnBlockConv2D",
            "DecomposedPReLU", "FoldedAway", "OffsetConv2D", "RewriteContext", "RewritePass", "ScaledAdd",
            "SpaceToDepthConv2D", "absorb_channel_shuffles", "auto_prelu_mode", "equalize_channels", "float_friendly",
-           "int8_friendly", "paddings_into_convs", "passes_for", "register_pass", "rewrite_for_export",
+           "int8_friendly", "int8_friendly_variants", "paddings_into_convs", "passes_for", "register_pass", "rewrite_for_export",
            "rewrite_mode", "same_kernel_size", "space_to_depth_kernel", "unregister_pass"]
 
 REWRITE_MODES = ("int8", "float")  # the pass lists: full-integer files, and float32/fp16/dynamic files
@@ -229,6 +229,23 @@ def int8_friendly(model: keras.Model, prelu_mode="auto", images=None, passes: It
     calibration ``images``, channel ranges are then equalized (:func:`equalize_channels`,
     keyword arguments passed on)."""
     return _rewrite(model, "int8", passes, images, prelu_mode, equalization)
+
+
+def int8_friendly_variants(model: keras.Model, image_sets, prelu_mode="auto", **equalization) -> list[keras.Model]:
+    """``[int8_friendly(model, prelu_mode, images=s, **equalization) for s in image_sets]``
+    (``None`` in ``image_sets``: no equalization), with the passes before ``equalize`` run
+    once for all of them: each pass is a function of the model it is given, so the results
+    are the same models, and an export that tries both settings rebuilds the graph half as
+    often."""
+    names = passes_for("int8")
+    cut = names.index("equalize") if "equalize" in names else len(names)
+    base = _rewrite(model, "int8", names[:cut], None, prelu_mode, {}) if cut else model
+    variants = []
+    for images in image_sets:
+        rest = [n for n in names[cut:] if images is not None or n != "equalize"]
+        variants.append(_rewrite(base, "int8", rest, images, prelu_mode, equalization) if rest
+                        else copy_model(base) if base is model else base)
+    return variants
 
 
 def float_friendly(model: keras.Model, passes: Iterable[str] | None = None) -> keras.Model:
