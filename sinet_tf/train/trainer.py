@@ -175,7 +175,8 @@ def _sliced_datasets(strategy: tf.distribute.Strategy, build):
 
 def _unsharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """``dataset`` that every worker reads whole (validation under a multi-worker strategy:
-    each worker scores every image, so the averaged metrics are the single-worker ones)."""
+    the strategy gives each replica its slice of every batch, and the metrics summed over the
+    replicas are the single-worker ones)."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options)
@@ -263,9 +264,12 @@ class _RunState(keras.callbacks.Callback):
     ``state.json`` naming them, then the published names."""
 
     def __init__(self, run_dir: Path, stage: StageConfig, state: dict, history: list[dict], monitor="val_person_iou",
-                 average: _MovingAverage | None = None):
+                 average: _MovingAverage | None = None, publish: bool = True):
         super().__init__()
         self.run_dir, self.stage, self.state, self.history, self.monitor = run_dir, stage, state, history, monitor
+        # a non-chief worker's private folder holds only the checkpoints it saved since it started
+        # (saving is a collective), not those of the commit it resumed from: nothing to publish there
+        self.publish = publish
         self.average = average     # best.keras gets the averaged weights that validation scored
         self.stage_dir = run_dir / stage.name
         self.diverged: str | None = None
@@ -325,7 +329,8 @@ class _RunState(keras.callbacks.Callback):
         self.state.clear()
         self.state.update(state)
         self.history.append(logs)
-        _publish(self.run_dir, self.state, name)
+        if self.publish:
+            _publish(self.run_dir, self.state, name)
         self._fault("publish", n)
 
 
@@ -553,6 +558,15 @@ def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, repl
         if stage.batch_size > len(train_source):
             raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} is larger than the training "
                                 f"set ({len(train_source)} examples in {config.data!r})")
+        tail = len(val_source) % stage.batch_size
+        if multiworker and 0 < tail < replicas:
+            # every worker reads the whole validation set and the strategy splits each batch
+            # among the replicas: a last batch smaller than that leaves a replica an empty slice,
+            # which TensorFlow's kernels refuse in the middle of the first epoch
+            raise TrainingError(f"stage {stage.name!r}: the last validation batch holds {tail} of the "
+                                f"{len(val_source)} validation images, fewer than the {replicas} replicas "
+                                f"(batch_size {stage.batch_size}); choose a batch_size that leaves none or at least "
+                                f"{replicas} in the last batch, or change the number of validation images")
         build_loss(stage.loss)  # a bad loss spec fails now, not after the first stage
     files_dir.mkdir(parents=True, exist_ok=True)
     state.setdefault("config", json.loads(json.dumps(config_dict)))
@@ -620,7 +634,7 @@ def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, repl
             if multiworker:
                 val_ds = _unsharded(val_ds)
             average = _MovingAverage() if stage.ema else None
-            run_state = _RunState(files_dir, stage, state, history, average=average)
+            run_state = _RunState(files_dir, stage, state, history, average=average, publish=chief)
             callbacks = [*([average] if average else []), run_state, keras.callbacks.TerminateOnNaN(),
                          keras.callbacks.TensorBoard(str(files_dir / stage.name / "tensorboard"), write_graph=False),
                          *extra_callbacks]
