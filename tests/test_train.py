@@ -47,7 +47,7 @@ def test_every_shipped_recipe_trains_one_epoch_at_a_tiny_size(recipe, tmp_path):
     assert config.stages and all(s.epochs >= 1 and s.batch_size >= 1 for s in config.stages)
     multiple = math.lcm(*(sinet_tf.get_model_info(s.model).input_multiple for s in config.stages))
     side = multiple * math.ceil(64 / multiple)
-    shrink = {"data": "synthetic:8", "input_size": [side, side], "batch_size": 2, "epochs": 1, "lr_milestones": [],
+    shrink = {"data": "synthetic:4", "input_size": [side, side], "batch_size": 4, "epochs": 1, "lr_milestones": [],
               "run_eagerly": True}
     if config.extra_data:
         shrink["extra_data"] = "synthetic:4"    # still a second source after the photos
