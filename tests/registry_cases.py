@@ -15,10 +15,14 @@ MODELS = sinet_tf.list_models()
 # thousands of graph ops) join the per-model checks below only with -m slow / SINET_SLOW=1:
 # each costs one to four minutes of conversion and training step on CI's two cores, and a
 # smaller sibling (hrnetv2_w18_small, pspnet_mobilenetv2, ...) exercises the same builder code.
-def model_params(slow_tags=("large",)):
-    """The registered models as parameters, those with any of ``slow_tags`` marked slow."""
-    return [pytest.param(m, marks=pytest.mark.slow) if set(slow_tags) & set(sinet_tf.get_model_info(m).tags) else m
-            for m in MODELS]
+def model_params(slow_tags=("large",), default_tags=None):
+    """The registered models as parameters, those with any of ``slow_tags`` marked slow, and
+    with ``default_tags`` also those that have none of them."""
+    def slow(m):
+        tags = set(sinet_tf.get_model_info(m).tags)
+        return bool(set(slow_tags) & tags) or (default_tags is not None and not set(default_tags) & tags)
+
+    return [pytest.param(m, marks=pytest.mark.slow) if slow(m) else m for m in MODELS]
 
 
 MODEL_PARAMS = model_params()
