@@ -55,7 +55,7 @@ class DemoSettings:
     run_eagerly: bool = False      # a few steps only: eager steps cost less than tracing the graph
 
 
-QUICK = DemoSettings(input_size=64, num_synthetic=48, minutes=0.25, num_calibration=16, num_parity=8, bench_runs=20,
+QUICK = DemoSettings(input_size=64, num_synthetic=24, minutes=0.25, num_calibration=16, num_parity=4, bench_runs=20,
                      bench_warmup=3, examples=3, run_eagerly=True)  # CI's end-to-end check: every step, least work
 
 
