@@ -13,8 +13,7 @@ from sinet_tf.export.passes.graph import is_linear, read_graph, rebuild
 from sinet_tf.export.rewrite import (PASSES, AffineThenResize, ChannelAffine, ColumnBlockConv2D, DecomposedPReLU,
                                      FoldedAway, OffsetConv2D, RewritePass, ScaledAdd, SpaceToDepthConv2D,
                                      absorb_channel_shuffles, equalize_channels, int8_friendly, int8_friendly_variants,
-                                     register_pass,
-                                     unregister_pass)
+                                     register_pass, unregister_pass)
 from sinet_tf.layers.normalization import InputNormalization
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.layers.s2 import s2_module

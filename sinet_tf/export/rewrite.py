@@ -90,8 +90,8 @@ from sinet_tf.export.passes.space_to_depth import SpaceToDepthConv2D, convs_on_p
 __all__ = ["NEAR_RELU", "PASSES", "REWRITE_MODES", "AffineThenResize", "ChannelAffine", "ColumnBlockConv2D",
            "DecomposedPReLU", "FoldedAway", "OffsetConv2D", "RewriteContext", "RewritePass", "ScaledAdd",
            "SpaceToDepthConv2D", "absorb_channel_shuffles", "auto_prelu_mode", "equalize_channels", "float_friendly",
-           "int8_friendly", "int8_friendly_variants", "paddings_into_convs", "passes_for", "register_pass", "rewrite_for_export",
-           "rewrite_mode", "same_kernel_size", "space_to_depth_kernel", "unregister_pass"]
+           "int8_friendly", "int8_friendly_variants", "paddings_into_convs", "passes_for", "register_pass",
+           "rewrite_for_export", "rewrite_mode", "same_kernel_size", "space_to_depth_kernel", "unregister_pass"]
 
 REWRITE_MODES = ("int8", "float")  # the pass lists: full-integer files, and float32/fp16/dynamic files
 
@@ -240,12 +240,8 @@ def int8_friendly_variants(model: keras.Model, image_sets, prelu_mode="auto", **
     names = passes_for("int8")
     cut = names.index("equalize") if "equalize" in names else len(names)
     base = _rewrite(model, "int8", names[:cut], None, prelu_mode, {}) if cut else model
-    variants = []
-    for images in image_sets:
-        rest = [n for n in names[cut:] if images is not None or n != "equalize"]
-        variants.append(_rewrite(base, "int8", rest, images, prelu_mode, equalization) if rest
-                        else copy_model(base) if base is model else base)
-    return variants
+    return [_rewrite(base, "int8", [n for n in names[cut:] if images is not None or n != "equalize"], images,
+                     prelu_mode, equalization) for images in image_sets]
 
 
 def float_friendly(model: keras.Model, passes: Iterable[str] | None = None) -> keras.Model:
