@@ -48,8 +48,8 @@ def _workers(tmp_path, out, epochs, *more, n=2, env_of=None):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
     procs = []
     for i in range(n):
-        env = _env(tmp_path, out.name, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                   **(env_of or {}).get(i, {}))
+        task = {"cluster": cluster, "task": {"type": "worker", "index": i}}
+        env = _env(tmp_path, out.name, TF_CONFIG=json.dumps(task), **(env_of or {}).get(i, {}))
         log = open(tmp_path / f"{out.name}-worker{i}.log", "w")
         procs.append(subprocess.Popen(_train_cmd(out, epochs, "--strategy", "multiworker", *more), env=env,
                                       stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
@@ -97,7 +97,7 @@ def runs(tmp_path_factory):
     killed = tmp / "killed"
     procs = _workers(tmp, killed, 2, env_of={1: {KILL_ENV: "batch:2"}})
     codes = _wait(procs, timeout=600)  # the chief notices the lost worker and stops
-    assert codes[1] == -signal.SIGKILL and codes[0] != 0, codes
+    assert codes[1] == -signal.SIGKILL and codes[0] != 0, (codes, _log(tmp, "killed"))
     committed = json.loads((killed / "state.json").read_text())["epoch"]
     at_kill = tmp / "at_kill"
     shutil.copytree(killed, at_kill)
@@ -112,8 +112,7 @@ def runs(tmp_path_factory):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return {"tmp": tmp, "single": single, "killed": killed, "committed": committed, "one_worker_resumed": at_kill,
-            "two_epoch1": epoch1,
-            "two_epoch1_history": epoch1_history}
+            "two_epoch1": epoch1, "two_epoch1_history": epoch1_history}
 
 
 def test_two_workers_train_what_one_worker_trains(runs):
