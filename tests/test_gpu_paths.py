@@ -89,7 +89,10 @@ def test_mixed_precision_step_matches_float32(mixed_policy):
     assert np.isfinite(scale) and scale >= 1
     assert np.isfinite(d16).all() and np.abs(d16).max() > 0, "the scaled step overflowed and was skipped"
     assert np.corrcoef(d16, d32)[0, 1] > 0.99
-    assert np.linalg.norm(d16 - d32) < 0.05 * np.linalg.norm(d32)
+    # float16 rounding of the activations moves the step by 5.5% of its norm on an AMD EPYC
+    # (AVX2) host, less on Intel AVX-512 ones; a loss scale left in or divided out twice is off
+    # by a factor of two or more
+    assert np.linalg.norm(d16 - d32) < 0.1 * np.linalg.norm(d32)
 
 
 def test_mixed_precision_loss_equals_float32_loss(mixed_policy):
