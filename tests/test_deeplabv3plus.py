@@ -152,6 +152,9 @@ def test_mobilenetv2_backbone_weights_are_copied_by_layer_name(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+# Xception-65 (tag "large") is built three times here: 20-30 s on CI's two cores, so with -m slow
+# like the registry checks of the large variants; the loading errors below stay in the default suite.
+@pytest.mark.slow
 def test_xception_backbone_weights_from_a_saved_backbone_or_model(tmp_path):
     keras.utils.set_random_seed(2)
     backbone = xception_model()

@@ -162,6 +162,9 @@ def test_registry_entries():
     assert sinet_tf.get_model_info("pspnet_resnet101").default_input_size[0] // 8 == 60   # the paper's map
 
 
+# ResNet-50 (tag "large"): with -m slow like the registry checks of the large variants; the
+# MobileNetV2 backbone's copy by layer name above goes through the same loader in the default suite.
+@pytest.mark.slow
 def test_resnet50_backbone_weights_are_copied_by_layer_name(tmp_path):
     keras.utils.set_random_seed(1)
     reference = keras.applications.ResNet50(input_shape=SMALL, include_top=False, weights=None)
