@@ -73,8 +73,9 @@ def test_report_metrics_are_numbers(demo):
 
 def test_int8_score_is_the_iou_of_its_masks_and_close_to_float(demo):
     """The int8 file's person IoU in metrics.json is the mean over the val photos of the IoU of
-    its masks, recomputed here with NumPy; and int8 costs at most the gate's allowed drop,
-    plus the noise of scoring other photos than the gate's (0.03), against the float32 file."""
+    its masks, recomputed here with NumPy; and the gate's parity photos are the whole
+    validation split, so int8 costs at most the gate's allowed drop there against the
+    float32 file (which equals the Keras model to float precision)."""
     import numpy as np
 
     from sinet_tf.data.sources import open_source
@@ -95,7 +96,19 @@ def test_int8_score_is_the_iou_of_its_masks_and_close_to_float(demo):
     cal = metrics["export"]["int8"]["calibration"]
     print(f"val person IoU: fp32 {e['fp32']['person_iou']:.4f}, int8 {e['int8']['person_iou']:.4f} "
           f"(gate: drop <= {cal['max_drop']} on the parity photos)")
-    assert e["fp32"]["person_iou"] - e["int8"]["person_iou"] <= cal["max_drop"] + 0.03
+    assert cal["parity_images"] == len(ious)
+    assert e["fp32"]["person_iou"] - e["int8"]["person_iou"] <= cal["max_drop"] + 1e-4
+
+
+def test_the_default_demo_gates_int8_on_its_whole_validation_split():
+    """A 16-photo parity sample let through an int8 file that lost 0.035 person IoU on the
+    48-photo validation split the report scores (a demo model trained on a busy CPU)."""
+    from sinet_tf.data.sources import open_source
+    from sinet_tf.demo import QUICK, DemoSettings
+
+    for settings in (DemoSettings(), QUICK):
+        val = open_source(f"synthetic:{settings.num_synthetic}", "val", seed=0)
+        assert settings.num_parity == len(val), settings
 
 
 def test_demo_refuses_to_overwrite_a_run(capsys, demo):
