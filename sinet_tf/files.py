@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["read_rgb", "exif_orientation", "apply_exif_orientation", "atomic_path", "write_atomic",
+__all__ = ["read_rgb", "stderr_captured", "exif_orientation", "apply_exif_orientation", "atomic_path", "write_atomic",
            "write_png_atomic", "write_image_atomic", "save_keras_atomic", "decode_image", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -67,9 +67,9 @@ _CAPTURE: list = []
 
 
 @contextlib.contextmanager
-def _stderr_captured():
-    """File descriptor 2 redirected to a temporary file (one decode at a time); yields a
-    list that receives the lines written meanwhile."""
+def stderr_captured():
+    """File descriptor 2 redirected to a temporary file (one capture at a time); yields a
+    list that receives the lines native code wrote there meanwhile."""
     lines: list[str] = []
     with _STDERR_LOCK:
         if not _CAPTURE:
@@ -136,7 +136,7 @@ def decode_image(data, flags: int = cv2.IMREAD_UNCHANGED) -> tuple[np.ndarray | 
     if bytes(buf[:3]) != b"\xff\xd8\xff":
         return cv2.imdecode(buf, flags), []
     try:
-        with _stderr_captured() as lines:
+        with stderr_captured() as lines:
             arr = cv2.imdecode(buf, flags)
     except OSError:   # no file descriptor 2 to redirect: decode without the check
         return cv2.imdecode(buf, flags), []

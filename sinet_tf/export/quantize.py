@@ -23,6 +23,8 @@ resource reads unless they are folded first.
 from __future__ import annotations
 
 import contextlib
+import re
+import sys
 import warnings
 from io import StringIO
 from typing import Callable, Iterable
@@ -37,6 +39,7 @@ from sinet_tf.export.frozen import (
     frozen_graph_converter,
     input_names,
 )
+from sinet_tf.files import stderr_captured
 from sinet_tf.runtime.interpreter import make_interpreter
 from sinet_tf.runtime.model_file import (
     TFLiteContents,
@@ -126,6 +129,10 @@ def calibrate(model, representative: Callable[[], Iterable[list[np.ndarray]]], i
         return converter.convert()
 
 
+# what the MLIR quantizer prints on every call: "fully_quantize: 0, inference_type: 6, ..."
+_QUANTIZER_SETTINGS = re.compile(r"^fully_quantize: \d+, inference_type: ")
+
+
 @contextlib.contextmanager
 def _quiet_native_stdout():
     """Silence what native code prints on file descriptor 1 (the MLIR quantizer prints its
@@ -152,8 +159,14 @@ def quantize_calibrated_model(calibrated: bytes, io: str, input_names_: list[str
     """The full-integer model of a calibrated float model (:func:`calibrate`), with the
     ranges it carries, as ``TFLiteConverter.convert()`` makes it (per-channel weights), and
     a ``serving_default`` signature over ``input_names_``."""
-    with contextlib.redirect_stdout(StringIO()), _quiet_native_stdout():
-        data = quantize_calibrated(calibrated, _io_dtype(io))
+    lines: list[str] = []
+    try:
+        with contextlib.redirect_stdout(StringIO()), _quiet_native_stdout(), stderr_captured() as lines:
+            data = quantize_calibrated(calibrated, _io_dtype(io))
+    finally:   # its settings line goes to stderr too; anything else it said is passed on
+        for line in lines:
+            if not _QUANTIZER_SETTINGS.match(line):
+                print(line, file=sys.stderr)
     return add_serving_signature(data, input_names_)
 
 
