@@ -96,7 +96,7 @@ def test_int8_score_is_the_iou_of_its_masks_and_close_to_float(demo):
     cal = metrics["export"]["int8"]["calibration"]
     print(f"val person IoU: fp32 {e['fp32']['person_iou']:.4f}, int8 {e['int8']['person_iou']:.4f} "
           f"(gate: drop <= {cal['max_drop']} on the parity photos)")
-    assert cal["parity_images"] == len(ious)
+    assert cal["parity_images"] == f"{len(ious)} held-out images of {metrics['data']} (val)"
     assert e["fp32"]["person_iou"] - e["int8"]["person_iou"] <= cal["max_drop"] + 1e-4
 
 
