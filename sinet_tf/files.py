@@ -69,7 +69,8 @@ _CAPTURE: list = []
 @contextlib.contextmanager
 def stderr_captured():
     """File descriptor 2 redirected to a temporary file (one capture at a time); yields a
-    list that receives the lines native code wrote there meanwhile."""
+    list that receives the lines native code wrote there meanwhile (none where the process
+    has no file descriptor 2)."""
     lines: list[str] = []
     with _STDERR_LOCK:
         if not _CAPTURE:
@@ -81,7 +82,11 @@ def stderr_captured():
             sys.stderr.flush()
         except (AttributeError, ValueError):
             pass
-        saved = os.dup(2)
+        try:
+            saved = os.dup(2)
+        except OSError:   # no file descriptor 2 to redirect (an embedding host): nothing is captured
+            yield lines
+            return
         try:
             os.dup2(capture.fileno(), 2)
             yield lines
@@ -135,11 +140,8 @@ def decode_image(data, flags: int = cv2.IMREAD_UNCHANGED) -> tuple[np.ndarray | 
         return None, []
     if bytes(buf[:3]) != b"\xff\xd8\xff":
         return cv2.imdecode(buf, flags), []
-    try:
-        with stderr_captured() as lines:
-            arr = cv2.imdecode(buf, flags)
-    except OSError:   # no file descriptor 2 to redirect: decode without the check
-        return cv2.imdecode(buf, flags), []
+    with stderr_captured() as lines:
+        arr = cv2.imdecode(buf, flags)
     warnings = [line.strip() for line in lines if _LIBJPEG_WARNING.match(line.strip())]
     if arr is not None:
         truncated = _jpeg_truncation(buf.tobytes())

@@ -690,3 +690,21 @@ def test_damaged_jpegs_are_told_from_real_photos(humanseg):
     assert decode_image(bytes(middle))[1] == ["Corrupt JPEG data: premature end of data segment"]
     with_trailer = good + b"camera maker's trailing data"
     assert decode_image(with_trailer)[1] == []
+
+
+def test_without_a_file_descriptor_2_a_jpeg_still_decodes(humanseg, monkeypatch):
+    """A host that gives the process no file descriptor 2 (an embedding application): nothing
+    can capture libjpeg's warnings, so the photo decodes without them; the end-of-image walk,
+    which needs no capture, still flags a truncated file."""
+    from sinet_tf import files
+
+    def no_descriptor(fd):
+        raise OSError(9, "Bad file descriptor")
+
+    good = (humanseg / "images" / "2.jpg").read_bytes()
+    expected = cv2.imdecode(np.frombuffer(good, np.uint8), cv2.IMREAD_UNCHANGED)
+    monkeypatch.setattr(files.os, "dup", no_descriptor)
+    image, warnings = files.decode_image(good)
+    assert warnings == [] and np.array_equal(image, expected)
+    tail_zeroed = good[:len(good) // 2] + bytes(len(good) - len(good) // 2)
+    assert "no end-of-image marker" in files.decode_image(tail_zeroed)[1][0]

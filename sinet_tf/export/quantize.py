@@ -138,7 +138,6 @@ def _quiet_native_stdout():
     """Silence what native code prints on file descriptor 1 (the MLIR quantizer prints its
     settings on every call)."""
     import os
-    import sys
 
     sys.stdout.flush()
     try:
