@@ -1,6 +1,7 @@
 """Multi-worker training with real worker processes on 127.0.0.1 (``TF_CONFIG``): the same
 result as one worker, disjoint slices whose union is the epoch, only the chief writes the
-run folder, ``--resume`` after a killed worker, and clear errors for a bad cluster."""
+run folder, clear errors for a bad cluster, and (with -m slow: eight worker processes)
+``--resume`` after a killed worker."""
 
 import csv
 import json
@@ -82,18 +83,29 @@ def _log(tmp_path, name):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One worker for one epoch; two workers of which worker 1 is SIGKILLed after the first
-    batch of epoch 2 (the trainer's fault injection, ``SINET_TRAIN_KILL_AT``, in that worker
-    only), their run folder then resumed by two workers through the launcher (as a user runs
-    them on one machine); and, from a copy of that folder as the kill left it (epoch 1
-    committed), one worker resuming the same epoch 2: the reference for the resumed run.
-    (That a resumed single-worker run equals an uninterrupted one is test_reliability.py's.)"""
+def one_epoch(tmp_path_factory):
+    """One epoch of one worker, and of two worker processes of one cluster (``TF_CONFIG``, as
+    a user starts them on two machines) with the same global batch."""
     tmp = tmp_path_factory.mktemp("multiworker")
-    single = tmp / "single"
+    single, two = tmp / "single", tmp / "two"
+    procs = _workers(tmp, two, 1)
     r = subprocess.run(_train_cmd(single, 1), env=_env(tmp), capture_output=True, text=True, cwd=REPO, timeout=600)
+    codes = _wait(procs)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert codes == [0, 0], (codes, _log(tmp, "two"))
+    return {"tmp": tmp, "single": single, "two": two}
 
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """Two workers of which worker 1 is SIGKILLed after the first batch of epoch 2 (the
+    trainer's fault injection, ``SINET_TRAIN_KILL_AT``, in that worker only), their run
+    folder then resumed by two workers through the launcher (as a user runs them on one
+    machine); and, from a copy of that folder as the kill left it (epoch 1 committed), one
+    worker resuming the same epoch 2: the reference for the resumed run. (That a resumed
+    single-worker run equals an uninterrupted one is test_reliability.py's.) Eight worker
+    processes in all: the tests that read it run with -m slow."""
+    tmp = tmp_path_factory.mktemp("multiworker_killed")
     killed = tmp / "killed"
     procs = _workers(tmp, killed, 2, env_of={1: {KILL_ENV: "batch:2"}})
     codes = _wait(procs, timeout=600)  # the chief notices the lost worker and stops
@@ -111,24 +123,24 @@ def runs(tmp_path_factory):
     r = subprocess.run(_train_cmd(at_kill, 2, "--resume"), env=_env(tmp), capture_output=True, text=True, cwd=REPO,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return {"tmp": tmp, "single": single, "killed": killed, "committed": committed, "one_worker_resumed": at_kill,
+    return {"tmp": tmp, "killed": killed, "committed": committed, "one_worker_resumed": at_kill,
             "two_epoch1": epoch1, "two_epoch1_history": epoch1_history}
 
 
-def test_two_workers_train_what_one_worker_trains(runs):
+def test_two_workers_train_what_one_worker_trains(one_epoch):
     """Same global batch, after one epoch: the losses agree to float precision and the
     weights to within a thousandth of how far the epoch moved them. The collective sums
     add the two slices' gradients and BatchNorm statistics in another order than one
     device does: float rounding (measured: 3e-4 of the update), which SGD's linear update
     keeps that small; over more epochs any two runs this close drift apart as training
     amplifies it."""
-    a, b = _history(runs["single"]), runs["two_epoch1_history"]
+    a, b = _history(one_epoch["single"]), _history(one_epoch["two"])
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == ["1"]
     for key in ("loss", "val_loss", "learning_rate"):
         np.testing.assert_allclose([float(r[key]) for r in a], [float(r[key]) for r in b], rtol=1e-4, err_msg=key)
     # a thresholded metric: a pixel whose two logits tie to float precision may flip
     np.testing.assert_allclose([float(r["person_iou"]) for r in a], [float(r["person_iou"]) for r in b], atol=5e-3)
-    w1, w2 = _weights(runs["single"] / "train" / "last.keras"), _weights(runs["two_epoch1"])
+    w1, w2 = _weights(one_epoch["single"] / "train" / "last.keras"), _weights(one_epoch["two"] / "train" / "last.keras")
     import keras
 
     import sinet_tf
@@ -140,21 +152,34 @@ def test_two_workers_train_what_one_worker_trains(runs):
     assert moved > 1e-3 and diff < 1e-3 * moved, (moved, diff)
 
 
-def test_only_the_chief_writes_the_run_folder(runs):
-    files = sorted(str(p.relative_to(runs["killed"])) for p in runs["killed"].rglob("*") if p.is_file())
+def _assert_only_the_chief_wrote(run, tmp, sessions):
+    """``run`` holds the committed files and one TensorBoard log pair (train, validation) per
+    chief process (``sessions``), and no worker left its private folder in ``tmp``."""
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
     tensorboard = [f for f in files if f.startswith("train/tensorboard/")]
-    committed = json.loads((runs["killed"] / "state.json").read_text())["files"]["train"]  # the epoch's checkpoints
+    committed = json.loads((run / "state.json").read_text())["files"]["train"]  # the epoch's checkpoints
     assert [f for f in files if f not in tensorboard] == sorted(
         ["state.json", "train/best.keras", "train/history.csv", "train/last.keras", *set(committed.values())])
+    assert sorted(f.split("/")[2] for f in tensorboard) == ["train"] * sessions + ["validation"] * sessions
+    assert not list(tmp.glob("sinet-worker-*")), "a worker left its private folder behind"
+
+
+def test_only_the_chief_writes_the_run_folder(one_epoch):
+    _assert_only_the_chief_wrote(one_epoch["two"], one_epoch["tmp"] / "tmp-two", sessions=1)
+
+
+@pytest.mark.slow
+def test_only_the_chief_writes_across_a_kill_and_a_resume(killed_and_resumed):
     # one writer of each TensorBoard log (the chief's process), once before the kill and once after
-    assert len(tensorboard) == 4 and sorted(f.split("/")[2] for f in tensorboard) == ["train"] * 2 + ["validation"] * 2
-    assert not list((runs["tmp"] / "tmp-resumed").glob("sinet-worker-*")), "a worker left its private folder behind"
+    _assert_only_the_chief_wrote(killed_and_resumed["killed"], killed_and_resumed["tmp"] / "tmp-resumed", sessions=2)
 
 
-def test_resume_after_a_killed_worker_trains_what_one_worker_resumed_trains(runs):
+@pytest.mark.slow
+def test_resume_after_a_killed_worker_trains_what_one_worker_resumed_trains(killed_and_resumed):
     """The two resumed workers train epoch 2 from the committed epoch 1 as one worker does
     from the same folder: epoch 1's row is the commit's, epoch 2's agree to float precision
     (the collectives' summation order, as above) and so do the weights."""
+    runs = killed_and_resumed
     assert runs["committed"] == 1  # killed in epoch 2: the resumed job trained epoch 2 again
     a, b = _history(runs["one_worker_resumed"]), _history(runs["killed"])
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == ["1", "2"]
@@ -192,16 +217,18 @@ def test_slices_are_disjoint_and_their_union_is_the_epoch(workers, replicas_per_
 
 
 def test_a_batch_that_does_not_divide_into_the_replicas_is_refused(tmp_path):
-    r = subprocess.run(_train_cmd(tmp_path / "run", 1, "--workers", "3"), env=_env(tmp_path), capture_output=True,
-                       text=True, cwd=REPO, timeout=600)
+    cmd = [*_train_cmd(tmp_path / "run", 1, "--workers", "2"), "batch_size=9"]   # the later override wins
+    r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode != 0
-    assert "batch_size 8 does not divide into 3 replicas (8 / 3 = 2.66667 examples each)" in r.stderr
+    assert "batch_size 9 does not divide into 2 replicas (9 / 2 = 4.5 examples each)" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "run" / "state.json").exists()
 
 
+@pytest.mark.slow
 def test_a_last_validation_batch_smaller_than_the_replicas_is_refused(tmp_path):
     """9 synthetic portraits: 9 training images and 1 validation image, which the strategy
-    would split into an empty slice for one of the two replicas."""
+    would split into an empty slice for one of the two replicas. (With -m slow: the check
+    beside the one above, three more processes.)"""
     cmd = _train_cmd(tmp_path / "run", 1, "--workers", "2")
     cmd[cmd.index(DATA)] = "synthetic:9"
     r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, cwd=REPO, timeout=600)
