@@ -1,6 +1,7 @@
 """The `sinet` command as a user runs it, in fresh processes: a training run killed with
-SIGKILL at several points (also between the checkpoint writes of one epoch) and resumed
-from the command line ends with the history of an uninterrupted run."""
+SIGKILL (between an epoch's commit and its published names; with -m slow at every point of
+an epoch's commit in turn) and resumed from the command line ends with the history of an
+uninterrupted run."""
 
 import csv
 import json
@@ -53,24 +54,30 @@ def _history(run: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+# A chain of SIGKILLs, each run resumed from the command line and killed at the next point
+# (POINT:EPOCH, the epoch committed after it). Every point: before epoch 1's commit (nothing
+# committed, so --resume starts from the beginning and drops the orphan files), mid-epoch
+# (after the first batch of epoch 2), between epoch 2's checkpoint write and its commit, and
+# between the commit and the published names. The default suite kills once, at the last of
+# these (the one that leaves the most to reconcile); the whole chain runs with -m slow.
+EVERY_POINT = (("best:1", 0), ("batch:2", 1), ("last:2", 1), ("commit:2", 2))
+AFTER_THE_COMMIT = (("commit:2", 2),)
+
+
 @pytest.mark.filterwarnings("ignore")
-def test_sigkill_at_every_commit_step_then_resume_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("chain", [pytest.param(EVERY_POINT, marks=pytest.mark.slow, id="every_point"),
+                                   pytest.param(AFTER_THE_COMMIT, id="after_the_commit")])
+def test_sigkill_then_resume_from_the_command_line(tmp_path, chain):
     full_run, run = tmp_path / "full", tmp_path / "killed"
     uninterrupted = _train(full_run, wait=False)   # in parallel with the killed chain
 
-    # Killed after epoch 1's best checkpoint was written but before its state.json: nothing
-    # was committed, so --resume starts from the beginning (and drops the orphan files).
-    code, _, err = _train(run, kill="best:1")
-    assert code == -signal.SIGKILL, err[-2000:]
-    assert not (run / "state.json").exists()
-    assert list((run / "train" / "checkpoints").glob("best-e0001.keras"))
-
-    # Each step below resumes the previous kill from the command line and is killed again:
-    # mid-epoch (after the first batch of epoch 2), between epoch 2's checkpoint write and its
-    # commit, and between the commit and the published names.
-    for point, committed in (("batch:2", 1), ("last:2", 1), ("commit:2", 2)):
-        code, _, err = _train(run, "--resume", kill=point)
+    for i, (point, committed) in enumerate(chain):
+        code, _, err = _train(run, *(["--resume"] if i else []), kill=point)
         assert code == -signal.SIGKILL, (point, err[-2000:])
+        if not committed:
+            assert not (run / "state.json").exists()
+            assert list((run / "train" / "checkpoints").glob("best-e0001.keras"))
+            continue
         state = json.loads((run / "state.json").read_text())
         assert state["epoch"] == committed, point
         assert state["files"]["train"]["last"] == f"train/checkpoints/last-e{committed:04d}.keras"
