@@ -23,14 +23,29 @@ def _recipe(tmp_path, text, name="r.yaml"):
 
 
 def _recipe_params():
-    """Every shipped recipe; those that train a large model (tag ``large``) only with -m slow."""
+    """Every shipped recipe. In the default suite: the default, SINet's two-stage recipe (an
+    encoder stage, then the full network initialized from it) and the distillation fine-tune
+    (a teacher); the other recipes, whose features the tests below also train (auxiliary
+    heads, two views, initialization from the official weights), with -m slow: 15-50 s each
+    on CI's two cores."""
+    default = ("default.yaml", "sinet.yaml", "sinet_finetune_kd.yaml")
+    return [p.name if p.name in default else pytest.param(p.name, marks=pytest.mark.slow)
+            for p in sorted(RECIPE_DIR.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPE_DIR.glob("*.yaml")))
+def test_every_shipped_recipe_loads_and_names_registered_models(recipe):
+    """What the default suite checks of every recipe, trained or not: it loads (fields, loss
+    names and schedule validated) and each stage names a registered model whose input
+    multiple its input size respects."""
     import sinet_tf
 
-    params = []
-    for path in sorted(RECIPE_DIR.glob("*.yaml")):
-        large = any("large" in sinet_tf.get_model_info(s.model).tags for s in load_recipe(path).stages)
-        params.append(pytest.param(path.name, marks=pytest.mark.slow) if large else path.name)
-    return params
+    config = load_recipe(RECIPE_DIR / recipe)
+    assert config.stages
+    for stage in config.stages:
+        multiple = sinet_tf.get_model_info(stage.model).input_multiple
+        assert stage.epochs >= 1 and stage.batch_size >= 1, stage.name
+        assert all(side % multiple == 0 for side in stage.input_size), (stage.name, stage.input_size, multiple)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -228,6 +243,9 @@ def _killer(epoch, batch):
     return _after_batch(epoch, batch, kill)
 
 
+# The same kill and resume from the command line, in fresh processes, is test_reliability.py's
+# (default suite); this in-process twin runs with -m slow.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_killed_and_resumed_run_has_the_same_history(tmp_path):
     import keras
@@ -256,7 +274,8 @@ def test_killed_and_resumed_run_has_the_same_history(tmp_path):
 def test_ema_validates_and_keeps_the_moving_average_and_resumes_exactly(tmp_path):
     """``ema: m``: best.keras holds the NumPy moving average a_1 = w_1, a_k = m a_(k-1) + (1 - m) w_k
     of the raw weights after each step; last.keras holds the raw weights, so a run resumed from
-    the folder as epoch 1's commit left it equals the uninterrupted one."""
+    the folder as epoch 1's commit left it equals the uninterrupted one (and a resume with
+    another recipe configuration is refused)."""
     import keras
 
     raws = []
@@ -289,6 +308,8 @@ def test_ema_validates_and_keeps_the_moving_average_and_resumes_exactly(tmp_path
     for p in average:
         np.testing.assert_allclose(best[p], average[p], rtol=1e-4, atol=1e-6, err_msg=p)
         np.testing.assert_array_equal(last[p], raws[-1][p], err_msg=p)
+    with pytest.raises(TrainingError, match="another recipe configuration"):
+        train(_tiny(tmp_path, epochs=3, ema=m), tmp_path / "after_epoch_1", resume=True, **quiet)
     resumed = train(_tiny(tmp_path, epochs=2, ema=m), tmp_path / "after_epoch_1", resume=True, **quiet)
     for key in ("loss", "val_loss", "val_person_iou"):
         assert [r[key] for r in resumed["stages"][0]["history"]] == [r[key] for r in stage["history"]], key
