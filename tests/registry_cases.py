@@ -15,10 +15,13 @@ MODELS = sinet_tf.list_models()
 # thousands of graph ops) join the per-model checks below only with -m slow / SINET_SLOW=1:
 # each costs one to four minutes of conversion and training step on CI's two cores, and a
 # smaller sibling (hrnetv2_w18_small, pspnet_mobilenetv2, ...) exercises the same builder code.
-def model_params(slow_tags=("large",), default_tags=None):
-    """The registered models as parameters, those with any of ``slow_tags`` marked slow, and
-    with ``default_tags`` also those that have none of them."""
+def model_params(slow_tags=("large",), default_tags=None, default_models=None):
+    """The registered models as parameters, those with any of ``slow_tags`` marked slow, with
+    ``default_tags`` also those that have none of them, and with ``default_models`` (names)
+    every model not named there."""
     def slow(m):
+        if default_models is not None:
+            return m not in default_models
         tags = set(sinet_tf.get_model_info(m).tags)
         return bool(set(slow_tags) & tags) or (default_tags is not None and not set(default_tags) & tags)
 

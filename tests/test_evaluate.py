@@ -40,7 +40,10 @@ def test_person_iou_matches_an_independent_computation(official, humanseg, tmp_p
 OFFICIAL_HUMANSEG290_IOU = {"sinet": 0.648, "extremec3net": 0.709}
 
 
-@pytest.mark.parametrize("name", sorted(OFFICIAL_HUMANSEG290_IOU))
+# ExtremeC3Net's pass over the 290 photos (30 s of CI's two cores) runs the same evaluation code
+# with a network whose logits test_official_parity.py checks: with -m slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "extremec3net" else n
+                                  for n in sorted(OFFICIAL_HUMANSEG290_IOU)])
 def test_official_checkpoints_score_the_official_figure_on_all_of_humanseg290(
         name, official, sinet_checkpoint, extremec3_checkpoint, humanseg, tmp_path):
     segmenter = official if name == "sinet" else Segmenter(name, weights=extremec3_checkpoint)

@@ -27,7 +27,7 @@ def exports(tmp_path_factory, sinet_checkpoint, humanseg):
                  "--metadata"],
         "dynamic": [*common, "-o", str(out / "dynamic.tflite"), "--quantize", "dynamic"],
         "int8": [*common, "-o", str(out / "int8.tflite"), "--quantize", "int8", "--io", "uint8", "--head", "mask",
-                 "--calibration-data", str(humanseg), "--num-calibration", "24", "--num-parity", "24"],
+                 "--calibration-data", str(humanseg), "--num-calibration", "12", "--num-parity", "12"],
     }
     for mode, args in runs.items():
         assert main(["export", *args]) == 0, mode
@@ -81,7 +81,7 @@ def test_int8_uint8_io_takes_camera_bytes_and_has_no_float_inside(exports):
     assert "FLEX" not in json.dumps(r["ops"]) and "SHAPE" not in r["ops"] and "ARG_MAX" not in r["ops"]
     assert r["gpu_delegate"]["compatible"]
     p = r["parity"]
-    assert p["n_images"] == 24 and "held-out images" in p["images"] and "(val)" in p["images"]
+    assert p["n_images"] == 12 and "held-out images" in p["images"] and "(val)" in p["images"]
     assert r["int8"]["gate"] == "passed" and len(r["int8"]["candidates"]) == 8
     assert abs(p["person_iou_difference"]) < 0.1 and 0.4 < p["person_iou_keras"] < 1.0
     runner = TFLiteRunner(exports["int8"])

@@ -71,9 +71,11 @@ def _ellipse_batch(shape, out_hw, n=2, seed=5):
 
 # The phone models (tags portrait, realtime) train here in the default suite; the general-purpose
 # zoo models on mobile backbones (HRNet-W18-small, PSPNet / U-Net / DeepLabv3+ on MobileNetV2:
-# 8-19 s each on CI's two cores, standard Keras layers between their builders' blocks) with -m
-# slow. Their forward, config and file round trips above and their export stay in the default suite.
-@pytest.mark.parametrize("small_model", model_params(default_tags=("portrait", "realtime")), indirect=True)
+# 8-19 s each on CI's two cores, standard Keras layers between their builders' blocks) and the
+# stage-1 encoders (every layer of which the full model also trains here) with -m slow. Their
+# forward, config and file round trips above and their export stay in the default suite.
+@pytest.mark.parametrize("small_model", model_params(slow_tags=("large", "stage1"),
+                                                     default_tags=("portrait", "realtime")), indirect=True)
 def test_training_on_a_fixed_batch_lowers_its_loss_and_moves_every_weight(small_model):
     """Two steps on one batch: the loss the optimizer reports (computed before each step)
     falls, stays finite, and every trainable tensor changed (a frozen or disconnected
