@@ -89,20 +89,28 @@ def layer_input_producers(model) -> dict[str, list[str]]:
     """For each layer of a functional ``model``, the names of the layers whose outputs it
     takes, in call order, plus ``"<outputs>"``: the layers producing the model's outputs.
     Read from the layers' inbound call nodes (``layer._inbound_nodes``, the tensors'
-    ``_keras_history``, ``keras.src.tree``); every layer here is called once within the
-    model (nodes from other models' calls are ignored)."""
-    with _private("keras layer._inbound_nodes / tensor._keras_history / keras.src.tree"):
+    ``_keras_history``, ``keras.src.tree``, a functional model's ``_nodes``: the keys
+    ``make_node_key`` gives its own call nodes); every layer here is called once within the
+    model (nodes from other models' calls, such as a layer shared with another model has,
+    are ignored)."""
+    with _private("keras layer._inbound_nodes / tensor._keras_history / keras.src.tree / Functional._nodes"):
         import keras.src.tree as tree
+        from keras.src.ops.function import make_node_key
 
         names = {layer.name for layer in model.layers}
+        own = getattr(model, "_nodes", None)
 
         def producer(t):
             return t._keras_history.operation.name
 
+        def in_model(layer, index, node):
+            if own is not None:
+                return make_node_key(layer, index) in own
+            return all(producer(t) in names for t in tree.flatten(node.input_tensors))
+
         out = {}
         for layer in model.layers:
-            nodes = [n for n in layer._inbound_nodes
-                     if all(producer(t) in names for t in tree.flatten(n.input_tensors))]
+            nodes = [n for i, n in enumerate(layer._inbound_nodes) if in_model(layer, i, n)]
             out[layer.name] = [producer(t) for t in tree.flatten(nodes[0].input_tensors)] if nodes else []
         out["<outputs>"] = [producer(t) for t in tree.flatten(model.outputs)]
     return out

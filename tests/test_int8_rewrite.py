@@ -221,6 +221,28 @@ _ALONE = {
 }
 
 
+def test_a_rewrite_shares_no_layer_with_its_input(official_sinet_64):
+    """Within the pass chain the unchanged layers are reused, not copied
+    (``sharing_unchanged_layers``); the chain's result is one copy, so exporting it, or
+    training it with quantization-aware ranges, cannot touch the model it came from."""
+    model, rewritten = official_sinet_64
+    assert not {id(layer) for layer in rewritten.layers} & {id(layer) for layer in model.layers}
+    assert not {id(w) for w in rewritten.weights} & {id(w) for w in model.weights}
+
+
+def test_read_graph_reads_each_model_s_own_calls_of_shared_layers():
+    """Three layers called a -> b -> c in one model and a -> c -> b in another: each
+    model's graph is its own wiring, though every name is in both."""
+    a, b, c = (keras.layers.Conv2D(4, 1, name=n) for n in "abc")
+    x = keras.Input((8, 8, 4), name="x")
+    first = keras.Model(x, c(b(a(x))))
+    y = keras.Input((8, 8, 4), name="y")
+    second = keras.Model(y, b(c(a(y))))
+    assert {n: read_graph(first).producers[n] for n in "abc"} == {"a": ["x"], "b": ["a"], "c": ["b"]}
+    assert {n: read_graph(second).producers[n] for n in "abc"} == {"a": ["y"], "b": ["c"], "c": ["a"]}
+    assert read_graph(second).consumers["b"] == [None]
+
+
 @pytest.mark.parametrize("name", [*_ALONE, "equalize"])
 def test_each_pass_alone_keeps_the_function(official_sinet_64, name):
     model, _ = official_sinet_64

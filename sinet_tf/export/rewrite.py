@@ -79,7 +79,7 @@ from sinet_tf.export.passes.channel_shuffle import absorb_channel_shuffles
 from sinet_tf.export.passes.column_blocks import ColumnBlockConv2D, convs_on_column_blocks
 from sinet_tf.export.passes.concat_activation import activations_into_concat_parts
 from sinet_tf.export.passes.equalize import equalize_channels, equalize_on_calibration_images
-from sinet_tf.export.passes.graph import FoldedAway, RewriteContext, copy_model
+from sinet_tf.export.passes.graph import FoldedAway, RewriteContext, copy_model, sharing_unchanged_layers
 from sinet_tf.export.passes.implicit_padding import paddings_into_convs, same_kernel_size
 from sinet_tf.export.passes.input_normalization import OffsetConv2D, fold_input_normalization
 from sinet_tf.export.passes.pointwise import merge_pointwise_convs
@@ -103,6 +103,9 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 class RewritePass:
     """One named rewrite: ``run(model, context)`` returns a model computing the same
     function (or ``model`` itself when nothing applies) and leaves ``model`` as it was.
+    In a chain of passes the two models may share their unchanged layers
+    (:func:`~sinet_tf.export.passes.graph.sharing_unchanged_layers`): read a layer's
+    connections with ``read_graph``, not from ``layer.input`` / ``layer.output``.
     ``description``: one line. ``modes``: the export modes (:data:`REWRITE_MODES`) whose
     pass list it is in (none: it runs only when asked for by name). Calling the pass runs
     it alone (default context)."""
@@ -203,7 +206,7 @@ def rewrite_mode(quantize: str) -> str:
     return "int8" if quantize == "int8" else "float"
 
 
-def _rewrite(model, mode, passes, images, prelu_mode, equalization):
+def _rewrite(model, mode, passes, images, prelu_mode, equalization, final_copy=True):
     if passes is None:
         selected = [p for p in PASSES if mode in p.modes]
     else:
@@ -214,9 +217,10 @@ def _rewrite(model, mode, passes, images, prelu_mode, equalization):
         selected = [p for p in PASSES if p.name in wanted]
     context = RewriteContext(images=images, prelu_mode=prelu_mode, equalization=equalization, mode=mode)
     rewritten = model
-    for rewrite_pass in selected:
-        rewritten = rewrite_pass(rewritten, context)
-    return copy_model(model) if rewritten is model else rewritten
+    with sharing_unchanged_layers():   # the intermediate models are private to this chain
+        for rewrite_pass in selected:
+            rewritten = rewrite_pass(rewritten, context)
+    return copy_model(rewritten) if final_copy else rewritten
 
 
 def int8_friendly(model: keras.Model, prelu_mode="auto", images=None, passes: Iterable[str] | None = None,
@@ -239,7 +243,8 @@ def int8_friendly_variants(model: keras.Model, image_sets, prelu_mode="auto", **
     often."""
     names = passes_for("int8")
     cut = names.index("equalize") if "equalize" in names else len(names)
-    base = _rewrite(model, "int8", names[:cut], None, prelu_mode, {}) if cut else model
+    # the shared prefix is an intermediate model too: each variant's result is the copy
+    base = _rewrite(model, "int8", names[:cut], None, prelu_mode, {}, final_copy=False) if cut else model
     return [_rewrite(base, "int8", [n for n in names[cut:] if images is not None or n != "equalize"], images,
                      prelu_mode, equalization) for images in image_sets]
 

@@ -9,6 +9,8 @@ every other layer's name stay as they were.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,7 +21,9 @@ from sinet_tf.compat import layer_input_producers
 from sinet_tf.layers.resize import BilinearResize
 
 __all__ = ["FoldedAway", "Graph", "bn_affine", "compose_affine", "copy_model", "folded_away", "is_linear",
-           "is_resize", "read_graph", "rebuild"]
+           "is_resize", "read_graph", "rebuild", "sharing_unchanged_layers"]
+
+_SHARING = contextvars.ContextVar("sinet_tf_rebuild_shares_unchanged_layers", default=False)
 
 
 @keras.saving.register_keras_serializable(package="sinet_tf")
@@ -75,16 +79,37 @@ def read_graph(model: keras.Model) -> Graph:
     return Graph(layers, producers, consumers)
 
 
+@contextlib.contextmanager
+def sharing_unchanged_layers():
+    """Within this block :func:`rebuild` reuses each layer it neither replaces nor gives new
+    weights (the same object, called again in the new graph, its variables shared) instead
+    of copying it from its config: most of a rebuild's cost is creating, initializing and
+    then overwriting the copies' variables. For a chain of rewrites whose intermediate
+    models are neither trained nor changed in place (:func:`copy_model` still copies every
+    layer); the chain's result is then copied once, so that it shares no layer with the
+    model the chain started from. Read a shared layer's connections with
+    :func:`read_graph`: ``layer.input`` / ``layer.output`` are its first call's."""
+    token = _SHARING.set(True)
+    try:
+        yield
+    finally:
+        _SHARING.reset(token)
+
+
 def rebuild(model: keras.Model, layers: dict | None = None, weights: dict | None = None) -> keras.Model:
     """A copy of ``model`` with ``layers[name]`` (a new, unbuilt layer of the same name)
     in place of those layers and ``weights[name]`` (a list of arrays; empty: none to set)
     as those layers' weights. Every other layer is a fresh copy from its config with its
-    weights copied; ``model`` is left as it was."""
+    weights copied (within :func:`sharing_unchanged_layers`: the same layer); ``model``
+    is left as it was."""
     layers, weights = layers or {}, weights or {}
+    share = _SHARING.get()
 
     def clone(layer):
         if layer.name in layers:
             return layers[layer.name]
+        if share and layer.name not in weights:
+            return layer
         return layer.__class__.from_config(layer.get_config())
 
     rebuilt = keras.models.clone_model(model, clone_function=clone)
@@ -92,14 +117,19 @@ def rebuild(model: keras.Model, layers: dict | None = None, weights: dict | None
         if layer.name in weights:
             if weights[layer.name]:
                 layer.set_weights(weights[layer.name])
-        elif layer.weights:
+        elif layer.weights and layer is not model.get_layer(layer.name):
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return rebuilt
 
 
 def copy_model(model: keras.Model) -> keras.Model:
-    """A copy of ``model`` with the same layers and weights."""
-    return rebuild(model)
+    """A copy of ``model`` with the same weights in new layers (also within
+    :func:`sharing_unchanged_layers`): it shares no layer with ``model``."""
+    token = _SHARING.set(False)
+    try:
+        return rebuild(model)
+    finally:
+        _SHARING.reset(token)
 
 
 def is_linear(layer) -> bool:
