@@ -72,8 +72,11 @@ def test_exports_are_one_partition_without_slow_ops_and_gpu_compatible(official_
     variant = sinet_tf.build_model("sinet_fast", input_shape=(64, 64, 3))
     transfer_weights(official_64, variant)
     out = tmp_path / f"fast_{quantize}.tflite"
-    report = export_tflite(variant, out, quantize=quantize, calibration_data="synthetic:4" if quantize == "int8"
-                           else None, calibration_split=None, num_calibration=4, num_parity=2)
+    # int8: one calibration and no gate, since this test is about the graph's ops (the calibration
+    # search and the gate are test_int8_calibration.py's)
+    int8 = dict(calibration_data="synthetic:4", int8_ranges="minmax+equalize", allow_drop=True)
+    report = export_tflite(variant, out, quantize=quantize, calibration_split=None, num_calibration=4, num_parity=2,
+                           **(int8 if quantize == "int8" else {}))
     data = out.read_bytes()
     assert inspect_tflite(data, quantize).problems == []
     ops = report.ops
