@@ -113,12 +113,13 @@ def rebuild(model: keras.Model, layers: dict | None = None, weights: dict | None
         return layer.__class__.from_config(layer.get_config())
 
     rebuilt = keras.models.clone_model(model, clone_function=clone)
+    before = {layer.name: layer for layer in model.layers}
     for layer in rebuilt.layers:
         if layer.name in weights:
             if weights[layer.name]:
                 layer.set_weights(weights[layer.name])
-        elif layer.weights and layer is not model.get_layer(layer.name):
-            layer.set_weights(model.get_layer(layer.name).get_weights())
+        elif layer.weights and layer is not before[layer.name]:
+            layer.set_weights(before[layer.name].get_weights())
     return rebuilt
 
 
