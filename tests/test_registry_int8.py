@@ -9,10 +9,10 @@ phone models (ExtremeC3Net, PortraitNet: 26 and 37 s of CI's two cores), the gen
 zoo models on mobile backbones (HRNet-W18-small, PSPNet, U-Net and DeepLabv3+ on
 MobileNetV2), the stage-1 encoders (the first half of the full model, trained, not deployed)
 and the large variants: each int8 conversion costs 15-40 s, and their float32 conversion and
-GPU check stay in the default suite
-(test_registry_export.py); the int8 rewrites themselves are tested for equality in
-test_int8_rewrite.py. SINet itself is exported in full int8 with its official weights
-by test_export.py and test_demo.py, so it is not repeated here with random ones."""
+GPU check stay in the default suite (test_registry_export.py); the int8 rewrites themselves
+are tested for equality in test_int8_rewrite.py. SINet itself is exported in full int8 with
+its official weights by test_export.py and test_demo.py, so it is not repeated here with
+random ones."""
 
 import numpy as np
 import pytest
