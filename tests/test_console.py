@@ -4,7 +4,8 @@ when some other module happened to be imported first, a command that works in-pr
 after the test suite imported everything) show up here and nowhere else.
 
 Every command's ``--help``, then one tiny real run of each, the outputs checked against
-the official reference outputs or the same computation in this process."""
+the official reference outputs or the same computation in this process (``train``'s runs,
+killed, resumed and run again, are test_reliability.py's)."""
 
 import json
 import os
@@ -130,29 +131,3 @@ def test_bench_reports_the_file(exported):
     (row,) = _json(out)
     assert row["size_bytes"] == exported.stat().st_size and row["runs"] == 2
     assert row["input"]["shape"] == [1, 224, 224, 3] and row["mean_ms"] > 0
-
-
-@pytest.mark.filterwarnings("ignore")
-def test_train_then_resume_from_the_command_line(work):
-    """One epoch of SINet at 64x64 on synthetic portraits; the same command again is refused
-    without ``--resume`` (the run is there) and with it finds the run complete: nothing is
-    trained again and the history is the first call's."""
-    import csv
-
-    run = work / "run"
-    args = ("train", "--config", Path(__file__).parents[1] / "training" / "default.yaml", "--data", "synthetic:8",
-            "-o", run, "--verbose", "0", "input_size=[64,64]", "batch_size=4", "epochs=1", "lr_milestones=[]",
-            "run_eagerly=true")  # no graph tracing: a minute less on two cores
-    code, out, err = sinet(*args, "--json")
-    assert code == 0, err
-    history = Path(_json(out)["stages"][0]["best"]).with_name("history.csv")
-    first = history.read_text()
-    code, out, err = sinet(*args)
-    assert code != 0 and "--resume" in err
-    code, out, err = sinet(*args, "--resume", "--json")
-    assert code == 0, err
-    # a completed stage is not run again (the summary lists the stages this call ran)
-    assert all(st["epochs"] == 1 for st in _json(out)["stages"])
-    with open(history, newline="") as f:
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1]
-    assert history.read_text() == first

@@ -1,7 +1,8 @@
 """The `sinet` command as a user runs it, in fresh processes: a training run killed with
 SIGKILL (between an epoch's commit and its published names; with -m slow at every point of
 an epoch's commit in turn) and resumed from the command line ends with the history of an
-uninterrupted run."""
+uninterrupted run; the same command on the finished run is refused without ``--resume``
+and finds nothing left to train with it."""
 
 import csv
 import json
@@ -115,6 +116,16 @@ def test_sigkill_then_resume_from_the_command_line(tmp_path, chain):
     wb = load_keras_model(run / "train" / "last.keras").get_weights()
     for x, y in zip(wa, wb):
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+
+    # the same command on a finished run: refused without --resume (the run is there), and
+    # with it the run is found complete: nothing is trained again, nothing is rewritten
+    history = (run / "train" / "history.csv").read_text()
+    code, _, err = _train(run)
+    assert code == 2 and "already holds a run (state.json); pass --resume" in err, err[-2000:]
+    code, _, err = _train(run, "--resume")
+    assert code == 0, err[-3000:]
+    assert (run / "train" / "history.csv").read_text() == history
+    assert json.loads((run / "state.json").read_text()) == state
 
 
 def test_kill_hook_rejects_a_malformed_value(tmp_path):
