@@ -217,11 +217,16 @@ def test_slices_are_disjoint_and_their_union_is_the_epoch(workers, replicas_per_
 
 
 def test_a_batch_that_does_not_divide_into_the_replicas_is_refused(tmp_path):
+    """By the launcher, before it starts a worker (each worker's own check, for the replicas
+    its cluster has, is test_train.py's)."""
     cmd = [*_train_cmd(tmp_path / "run", 1, "--workers", "2"), "batch_size=9"]   # the later override wins
     r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert r.returncode != 0
-    assert "batch_size 9 does not divide into 2 replicas (9 / 2 = 4.5 examples each)" in r.stderr, r.stderr[-2000:]
-    assert not (tmp_path / "run" / "state.json").exists()
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        "sinet train: error: stage 'train': batch_size 9 does not divide into 2 replicas (9 / 2 = 4.5 examples each, "
+        "one replica per worker); the batch size is global"), r.stderr[-2000:]
+    assert "worker 0" not in r.stderr and "worker 1" not in r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -388,20 +388,32 @@ diff = max(float(np.abs(a - b).max()) for a, b in zip(w0, w1))
 keras.utils.set_random_seed(0)
 init = [v.numpy() for v in sinet_tf.build_model("sinet_encoder", input_shape=(32, 32, 3), p=1, q=2).weights]
 moved = max(float(np.abs(a - b).max()) for a, b in zip(w0, init))
-print(json.dumps({"replicas": [n0, n1], "max_weight_diff": diff, "max_update": moved}))
+# the trainer refuses a global batch the two replicas cannot split, before it trains
+from sinet_tf.train import TrainingError, load_recipe, train
+config = load_recipe(sys.argv[1], overrides={"data": "synthetic:8", "model": "sinet_encoder", "batch_size": 3,
+                                             "model_kwargs": {"p": 1, "q": 2}, "input_size": [32, 32],
+                                             "strategy": "mirrored"})
+try:
+    train(config, sys.argv[2], log=lambda *a: None)
+    refusal = None
+except TrainingError as e:
+    refusal = str(e)
+print(json.dumps({"replicas": [n0, n1], "max_weight_diff": diff, "max_update": moved, "refusal": refusal}))
 """
 
 
-def test_mirrored_step_equals_single_device_step():
+def test_mirrored_step_equals_single_device_step(tmp_path):
     """One training step (loss, L2, synchronized BatchNorm, Adam) on two logical CPU devices
-    gives the weights a single device gives."""
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_STEP], capture_output=True, text=True, cwd=REPO,
-                          timeout=600)
+    gives the weights a single device gives; and a global batch of 3 is refused there."""
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(RECIPE_DIR / "default.yaml"),
+                           str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == [1, 2]
     assert result["max_update"] > 1e-3, result  # the step did move the weights
     assert result["max_weight_diff"] < 1e-3 * result["max_update"], result
+    assert "batch_size 3 does not divide into 2 replicas (3 / 2 = 1.5 examples each)" in result["refusal"], result
+    assert not (tmp_path / "run").exists()
 
 
 def test_command_line_overrides_win_over_stage_values():

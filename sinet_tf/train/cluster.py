@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["ClusterError", "CLUSTER_TIMEOUT_ENV", "cluster_watchdog", "free_ports", "launch_local_workers",
-           "read_tf_config"]
+__all__ = ["ClusterError", "CLUSTER_TIMEOUT_ENV", "check_global_batches", "cluster_watchdog", "free_ports",
+           "launch_local_workers", "read_tf_config"]
 
 CLUSTER_TIMEOUT_ENV = "SINET_CLUSTER_TIMEOUT"
 DEFAULT_CLUSTER_TIMEOUT_S = 300.0
@@ -162,15 +162,29 @@ def _terminate(procs, grace: float = 10.0):
             p.wait()
 
 
+def check_global_batches(config, workers: int) -> None:
+    """Refuse a stage whose global batch does not split evenly into ``workers`` replicas (each
+    local worker holds at least one), before any worker process starts; each worker checks
+    its exact replica count again once the cluster is up."""
+    for stage in config.stages:
+        if stage.batch_size % workers:
+            raise ClusterError(f"stage {stage.name!r}: batch_size {stage.batch_size} does not divide into {workers} "
+                               f"replicas ({stage.batch_size} / {workers} = {stage.batch_size / workers:g} examples "
+                               f"each, one replica per worker); the batch size is global")
+
+
 def launch_local_workers(train_args: list[str], workers: int, log_dir: str | os.PathLike | None = None,
-                         poll_s: float = 0.5) -> int:
+                         poll_s: float = 0.5, config=None) -> int:
     """Run ``sinet train TRAIN_ARGS --strategy multiworker`` as ``workers`` processes on this
     machine (127.0.0.1, free ports), each with its ``TF_CONFIG``. The chief's output goes to
     this terminal, the others' to ``LOG_DIR/worker-<i>.log`` (default: a temporary folder,
     removed when all succeed). When one worker fails, the others are stopped: the exit code
-    is the first failure's. Returns the exit code."""
+    is the first failure's. ``config``: the run's recipe (:class:`sinet_tf.train.TrainConfig`),
+    checked before any worker starts (:func:`check_global_batches`). Returns the exit code."""
     if workers < 2:
         raise ClusterError(f"--workers {workers}: a multi-worker run needs at least 2 workers")
+    if config is not None:
+        check_global_batches(config, workers)
     ports = free_ports(workers)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     own_logs = log_dir is None
