@@ -291,3 +291,12 @@ def test_int8_conversion_prints_nothing_of_its_own():
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "converted True", r.stdout
     assert "fully_quantize" not in r.stderr, r.stderr[-2000:]
+
+
+def test_a_model_without_a_fixed_input_size_is_refused(tmp_path):
+    photo = keras.Input((None, None, 3), name="photo")
+    model = keras.Model(photo, keras.layers.Conv2D(2, 1)(photo))
+    with pytest.raises(ValueError, match=r"input 'photo' has a dynamic size \(None, None, None, 3\); export needs a "
+                                         r"fixed height and width"):
+        export_tflite(model, tmp_path / "m.tflite")
+    assert not list(tmp_path.iterdir())
