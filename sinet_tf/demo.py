@@ -52,10 +52,12 @@ class DemoSettings:
     threads: int = 2
     examples: int = 4              # validation photos in examples.png
     run_eagerly: bool = False      # a few steps only: eager steps cost less than tracing the graph
+    int8_equalize: bool | str = "auto"  # int8 candidates with and without equalization ("auto"), or only one
 
 
+# CI's end-to-end check: every step, least work (the int8 search over four candidates, not eight)
 QUICK = DemoSettings(input_size=64, num_synthetic=24, minutes=0.25, num_calibration=16, bench_runs=20,
-                     bench_warmup=3, examples=3, run_eagerly=True)  # CI's end-to-end check: every step, least work
+                     bench_warmup=3, examples=3, run_eagerly=True, int8_equalize=False)
 
 
 def _timed_training_callback(seconds: float, base_lr: float, floor: float = 0.05, log=print):
@@ -368,7 +370,7 @@ def run_demo(output="demo", data: str | None = None, minutes: float | None = Non
     export = {}
     for key, quantize in (("fp32", "none"), ("int8", "int8")):
         kw = dict(calibration_data=data, calibration_split="train", num_calibration=s.num_calibration,
-                  qat=_qat_settings(data, s), log=log) if quantize == "int8" else {}
+                  equalize=s.int8_equalize, qat=_qat_settings(data, s), log=log) if quantize == "int8" else {}
         report = export_tflite(best, files[key], quantize=quantize, parity_data=data, parity_split="val",
                                num_parity=num_parity, **kw)
         log(report.summary())

@@ -64,7 +64,9 @@ def test_report_metrics_are_numbers(demo):
     assert (demo / "sinet_demo_fp32.tflite").is_file() and (demo / "sinet_demo_int8.tflite").is_file()
     # int8 obeys the gate, and the report names the calibration the exporter chose
     cal = metrics["export"]["int8"]["calibration"]
-    assert cal["gate"] == "passed" and len(cal["candidates"]) >= 8
+    # (--quick tries the four estimators without equalization; the demo's default, all eight)
+    assert cal["gate"] == "passed"
+    assert [c["name"] for c in cal["candidates"]] == ["minmax", "average", "percentile", "mse"]
     chosen = next(c for c in cal["candidates"] if c["name"] == cal["chosen"])
     assert chosen["drop"] <= cal["max_drop"]
     assert f"int8 calibration: **{cal['chosen']}**" in (demo / "report.md").read_text()
