@@ -31,6 +31,7 @@ def xception():
     return sinet_tf.build_model("deeplabv3plus_xception", input_shape=SMALL)
 
 
+@pytest.mark.slow   # 41 M parameters to build; the MobileNetV2 variant's count below stays in the default suite
 def test_xception_params_match_the_authors_figure(xception):
     n = count_params(xception)
     print(f"deeplabv3plus_xception trainable parameters (2 classes): {n:,}")

@@ -76,8 +76,11 @@ def small_v1():
     return sinet_tf.build_model("hrnetv2_w18_small", input_shape=SMALL, version=1)
 
 
-@pytest.mark.parametrize("name,kwargs,variant,ours,published,classes,tolerance", PUBLISHED,
-                         ids=[p[2] for p in PUBLISHED])
+# the full-width variants (W18: 9.6 M, W48: 66 M parameters, 7 s each to build) with -m slow; the
+# two small ones build with the same code
+@pytest.mark.parametrize("name,kwargs,variant,ours,published,classes,tolerance",
+                         [pytest.param(*p, marks=pytest.mark.slow) if p[2] in ("w18", "w48") else p
+                          for p in PUBLISHED], ids=[p[2] for p in PUBLISHED])
 def test_params_match_the_published_figures(name, kwargs, variant, ours, published, classes, tolerance):
     n = count_params(sinet_tf.build_model(name, input_shape=SMALL, **kwargs))  # W48: built once, here
     assert n == ours

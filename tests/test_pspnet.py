@@ -40,6 +40,7 @@ def mobilenetv2_with_aux():
     return sinet_tf.build_model("pspnet_mobilenetv2", input_shape=SMALL, aux_head=True)
 
 
+@pytest.mark.slow   # 66 M parameters to build; ResNet-50's count, the same builder, stays in the default suite
 def test_pspnet_resnet101_params_match_the_authors_figure():
     # 65.7 M: Mehta et al., "ESPNet", ECCV 2018, Sec. 1 ("PSPNet [1] has 65.7 million
     # parameters"), the authors' ResNet-101 PSPNet of their Cityscapes comparison: 19 classes,
