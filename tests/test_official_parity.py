@@ -133,6 +133,10 @@ def test_pth_checkpoint_matches_npz(sinet_checkpoint):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+# a second route (with -m slow): test_presets.py exports the bundled ExtremeC3Net preset, whose
+# logits equal the official outputs, from the command line, which refuses a file the GPU
+# delegate would not run, and compares the file with the Keras model
+@pytest.mark.slow
 def test_official_extremec3net_tflite_matches_and_is_gpu_compatible(extremec3_official, official_outputs, tmp_path):
     from sinet_tf.export import export_tflite
     from sinet_tf.runtime import TFLiteRunner
