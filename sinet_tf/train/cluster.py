@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 __all__ = ["ClusterError", "CLUSTER_TIMEOUT_ENV", "check_global_batches", "cluster_watchdog", "free_ports",
-           "launch_local_workers", "read_tf_config"]
+           "global_batch_error", "launch_local_workers", "read_tf_config"]
 
 CLUSTER_TIMEOUT_ENV = "SINET_CLUSTER_TIMEOUT"
 DEFAULT_CLUSTER_TIMEOUT_S = 300.0
@@ -162,15 +162,23 @@ def _terminate(procs, grace: float = 10.0):
             p.wait()
 
 
+def global_batch_error(stage, replicas: int, note: str = "") -> str | None:
+    """Why ``stage``'s global batch cannot be split evenly among ``replicas`` (``note``: more
+    said in the parentheses), or None when it can."""
+    if stage.batch_size % replicas == 0:
+        return None
+    return (f"stage {stage.name!r}: batch_size {stage.batch_size} does not divide into {replicas} replicas "
+            f"({stage.batch_size} / {replicas} = {stage.batch_size / replicas:g} examples each{note}); "
+            "the batch size is global")
+
+
 def check_global_batches(config, workers: int) -> None:
     """Refuse a stage whose global batch does not split evenly into ``workers`` replicas (each
     local worker holds at least one), before any worker process starts; each worker checks
-    its exact replica count again once the cluster is up."""
+    its exact replica count again once the cluster is up (:func:`global_batch_error`)."""
     for stage in config.stages:
-        if stage.batch_size % workers:
-            raise ClusterError(f"stage {stage.name!r}: batch_size {stage.batch_size} does not divide into {workers} "
-                               f"replicas ({stage.batch_size} / {workers} = {stage.batch_size / workers:g} examples "
-                               f"each, one replica per worker); the batch size is global")
+        if message := global_batch_error(stage, workers, ", one replica per worker"):
+            raise ClusterError(message)
 
 
 def launch_local_workers(train_args: list[str], workers: int, log_dir: str | os.PathLike | None = None,

@@ -62,7 +62,7 @@ from sinet_tf.losses import build_loss
 from sinet_tf.metrics import PersonIoU
 from sinet_tf.registry import build_model
 from sinet_tf.train.aux_head import AUX_OUTPUT, AuxHeadModel, AuxLoss, has_aux_output
-from sinet_tf.train.cluster import cluster_watchdog, read_tf_config
+from sinet_tf.train.cluster import cluster_watchdog, global_batch_error, read_tf_config
 from sinet_tf.train.config import StageConfig, TrainConfig
 from sinet_tf.train.distill import wrap_for_distillation
 from sinet_tf.train.param_groups import PerVariableLearningRate
@@ -551,10 +551,8 @@ def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, repl
     for stage in config.stages:
         if stage.two_views and not stage.augment:
             raise TrainingError(f"stage {stage.name!r}: two_views needs augment: true (the views differ by texture)")
-        if stage.batch_size % replicas:
-            raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} does not divide into "
-                                f"{replicas} replicas ({stage.batch_size} / {replicas} = "
-                                f"{stage.batch_size / replicas:g} examples each); the batch size is global")
+        if message := global_batch_error(stage, replicas):
+            raise TrainingError(message)
         if stage.batch_size > len(train_source):
             raise TrainingError(f"stage {stage.name!r}: batch_size {stage.batch_size} is larger than the training "
                                 f"set ({len(train_source)} examples in {config.data!r})")
