@@ -399,23 +399,21 @@ def cmd_data_check(args):
 
 
 def cmd_train(args):
+    from sinet_tf.train import load_recipe, train
+
+    if args.workers is not None and args.strategy not in (None, "multiworker"):
+        raise ValueError(f"--workers runs the multiworker strategy; it does not go with --strategy {args.strategy}")
+    # with --workers the recipe is read, and a bad one refused, once here rather than in every worker
+    config = load_recipe(args.config, overrides=args.overrides, data=args.data)
     if args.workers is not None:
-        from sinet_tf.train import load_recipe
         from sinet_tf.train.cluster import launch_local_workers
 
-        if args.strategy not in (None, "multiworker"):
-            raise ValueError(f"--workers runs the multiworker strategy; it does not go with --strategy {args.strategy}")
-        # the recipe is read, and a bad one refused, once here rather than in every worker
-        config = load_recipe(args.config, overrides=args.overrides, data=args.data)
         forwarded = ["--config", args.config, "--verbose", str(args.verbose)]
         forwarded += ["--data", args.data] if args.data else []
         forwarded += ["-o", args.output] if args.output else []
         forwarded += ["--resume"] if args.resume else []
         forwarded += ["--json"] if args.json else []
         return launch_local_workers(forwarded + list(args.overrides), args.workers, config=config)
-    from sinet_tf.train import load_recipe, train
-
-    config = load_recipe(args.config, overrides=args.overrides, data=args.data)
     if args.strategy:
         config.strategy = args.strategy
     output = args.output or str(Path("runs") / Path(args.config).stem)
