@@ -89,7 +89,13 @@ def sharing_unchanged_layers():
     layer); the chain's result is then copied once, so that it shares no layer with the
     model the chain started from. Read a shared layer's connections with
     :func:`read_graph`: ``layer.input`` / ``layer.output`` are its first call's."""
-    token = _SHARING.set(True)
+    with _sharing(True):
+        yield
+
+
+@contextlib.contextmanager
+def _sharing(value: bool):
+    token = _SHARING.set(value)
     try:
         yield
     finally:
@@ -126,11 +132,8 @@ def rebuild(model: keras.Model, layers: dict | None = None, weights: dict | None
 def copy_model(model: keras.Model) -> keras.Model:
     """A copy of ``model`` with the same weights in new layers (also within
     :func:`sharing_unchanged_layers`): it shares no layer with ``model``."""
-    token = _SHARING.set(False)
-    try:
+    with _sharing(False):
         return rebuild(model)
-    finally:
-        _SHARING.reset(token)
 
 
 def is_linear(layer) -> bool:
