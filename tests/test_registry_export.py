@@ -8,7 +8,8 @@ The models' BatchNorm statistics come from data (registry_cases.batchnorm_from_d
 their outputs are O(1) and a wrong conversion cannot hide below the tolerance.
 
 SINet and ExtremeC3Net are converted with their official weights and compared with the
-official outputs by test_cli.py, test_console.py and test_official_parity.py, so they are
+official outputs by test_cli.py, test_console.py and test_presets.py (and test_official_parity.py,
+ExtremeC3Net's with -m slow), so they are
 not repeated here with random ones; the stage-1 encoders (tag ``stage1``) and HRNet-W18-small
 join with -m slow."""
 

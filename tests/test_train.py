@@ -27,8 +27,8 @@ def _recipe_params():
     then the full network initialized from it) and the distillation fine-tune (a teacher);
     the other recipes, whose features the tests below also train (auxiliary heads, two
     views, initialization from the official weights), with -m slow: 15-50 s each on CI's two
-    cores. (default.yaml as shipped, but for its size, trains from the command line in
-    test_console.py.)"""
+    cores. (default.yaml's model and loss are sinet.yaml's full stage; test_reliability.py and
+    test_multiworker.py train default.yaml from the command line with a smaller model.)"""
     default = ("sinet.yaml", "sinet_finetune_kd.yaml")
     return [p.name if p.name in default else pytest.param(p.name, marks=pytest.mark.slow)
             for p in sorted(RECIPE_DIR.glob("*.yaml"))]
