@@ -21,21 +21,21 @@ SIZE = 32
 
 
 def write_dataset(root: Path, n_train: int, n_val: int, person_level: float, background_level: float,
-                  blue=None, spikes: dict | None = None, seed: int = 0) -> Path:
-    """``root/{train,val}/{images,masks}/*.png``. ``blue(rng, shape)``: the blue channel
-    (default uniform noise in [0, 255]); ``spikes``: ``{(split, index): value}`` sets the
-    blue value of one pixel of that photo."""
+                  blue=None, spikes: dict | None = None, seed: int = 0, size: int = SIZE) -> Path:
+    """``root/{train,val}/{images,masks}/*.png``, ``size`` x ``size`` photos. ``blue(rng,
+    shape)``: the blue channel (default uniform noise in [0, 255]); ``spikes``:
+    ``{(split, index): value}`` sets the blue value of one pixel of that photo."""
     rng = np.random.default_rng(seed)
     spikes = spikes or {}
     for split, n in (("train", n_train), ("val", n_val)):
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         (root / split / "masks").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            label = np.zeros((SIZE, SIZE), np.uint8)
-            axes = (int(rng.integers(6, 12)), int(rng.integers(8, 14)))
-            cv2.ellipse(label, (SIZE // 2, SIZE // 2), axes, 0, 0, 360, 1, -1)
+            label = np.zeros((size, size), np.uint8)
+            axes = (int(rng.integers(6, 12)) * size // SIZE, int(rng.integers(8, 14)) * size // SIZE)
+            cv2.ellipse(label, (size // 2, size // 2), axes, 0, 0, 360, 1, -1)
             level = np.where(label == 1, person_level, background_level) + rng.uniform(-1, 1, label.shape)
-            image = np.zeros((SIZE, SIZE, 3), np.float64)
+            image = np.zeros((size, size, 3), np.float64)
             image[..., 0] = image[..., 1] = level
             image[..., 2] = rng.uniform(0, 255, label.shape) if blue is None else blue(rng, label.shape)
             if (split, i) in spikes:
@@ -46,17 +46,21 @@ def write_dataset(root: Path, n_train: int, n_val: int, person_level: float, bac
     return root
 
 
-def two_layer_model(nuisance_gain: float, gain: float = 8.0, relu_fused: bool = True) -> keras.Model:
+def two_layer_model(nuisance_gain: float, gain: float = 8.0, relu_fused: bool = True, size: int = SIZE,
+                    padding: str = "valid") -> keras.Model:
     """Hidden ``[ch0, ch1] = relu([(R + G) / 128, nuisance_gain * B])`` (pixels in [0, 255]),
-    logits ``[-gain (ch0 - 2), gain (ch0 - 2)]`` (ch1 unused). ``relu_fused``: the ReLU is
-    the conv's activation (the conv is then no root of an equalization chain) rather than
-    a layer of its own."""
-    inputs = keras.Input((SIZE, SIZE, 3), batch_size=1, name="image")
+    logits ``[-gain (ch0 - 2), gain (ch0 - 2)]`` (ch1 unused), on ``size`` x ``size``
+    photos. ``relu_fused``: the ReLU is the conv's activation (the conv is then no root of
+    an equalization chain) rather than a layer of its own. ``padding`` of the 1x1 convs
+    (the same function either way; "same" convs at least 64 wide are what the int8
+    exporter's column_blocks pass rewrites)."""
+    inputs = keras.Input((size, size, 3), batch_size=1, name="image")
     if relu_fused:
-        hidden = keras.layers.Conv2D(2, 1, activation="relu", name="features")(inputs)
+        hidden = keras.layers.Conv2D(2, 1, activation="relu", padding=padding, name="features")(inputs)
     else:
-        hidden = keras.layers.ReLU(name="features_relu")(keras.layers.Conv2D(2, 1, name="features")(inputs))
-    logits = keras.layers.Conv2D(2, 1, name="classifier")(hidden)
+        hidden = keras.layers.ReLU(name="features_relu")(
+            keras.layers.Conv2D(2, 1, padding=padding, name="features")(inputs))
+    logits = keras.layers.Conv2D(2, 1, padding=padding, name="classifier")(hidden)
     model = keras.Model(inputs, logits, name="two_layer")
     k1 = np.zeros((1, 1, 3, 2), np.float32)
     k1[0, 0, 0, 0] = k1[0, 0, 1, 0] = 1.0 / 128.0

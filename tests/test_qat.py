@@ -12,6 +12,7 @@ from int8_cases import two_layer_model, write_dataset
 from sinet_tf.export import export_tflite
 from sinet_tf.export.calibration import Int8GateError
 from sinet_tf.export.exporter import calibration_images
+from sinet_tf.export.layer_error import tensors_by_layer
 from sinet_tf.export.qat import QATError, QATSettings, fold_batch_norms, quantization_aware, quantization_aware_export
 from sinet_tf.runtime import TFLiteRunner, make_interpreter
 
@@ -23,10 +24,12 @@ def case(tmp_path_factory):
     range estimator can drop it, and its step (0.39) puts the person (R = G = 130, ch0 =
     2.03) on the level 1.96, below the float model's decision at ch0 = 2, and the
     background (75, 1.17) on 1.18: every post-training file calls every pixel background.
-    Moving the classifier's decision between the two levels is what fine-tuning can learn."""
+    Moving the classifier's decision between the two levels is what fine-tuning can learn.
+    64x64 photos and "same" convs: the int8 file computes both convs on column blocks (the
+    exporter's last rewrite), which QAT fine-tunes as the plain convs they compute."""
     root = tmp_path_factory.mktemp("qat")
-    data = write_dataset(root / "data", 64, 16, person_level=130, background_level=75)
-    return {"root": root, "data": data, "model": two_layer_model(100.0 / 255.0, gain=8.0)}
+    data = write_dataset(root / "data", 64, 16, person_level=130, background_level=75, size=64)
+    return {"root": root, "data": data, "model": two_layer_model(100.0 / 255.0, gain=8.0, size=64, padding="same")}
 
 
 def test_post_training_fails_the_gate_and_qat_passes_it(case):
@@ -52,13 +55,15 @@ def test_qat_file_computes_what_the_fake_quantized_model_computes(case):
     step away: the hidden tensor by one step ``s_h``, which moves a logit by at most
     ``sum |w| s_h``, plus one step ``s_o`` of the logits themselves. The person probability
     ``sigmoid(l_1 - l_0)`` then moves by at most a quarter of twice that."""
-    images, _ = calibration_images(case["data"], "train", (32, 32), 16)
+    images, _ = calibration_images(case["data"], "train", (64, 64), 16)
     result = quantization_aware_export(case["model"], QATSettings(data=str(case["data"]), epochs=4, batch_size=8,
                                                                   learning_rate=0.1), images, "float32")
-    details = {d["name"]: d for d in make_interpreter(result.data).get_tensor_details()}
-    scales = {name: d["quantization"][0] for name, d in details.items()}
-    hidden = next(s for n, s in scales.items() if "features" in n and s)
-    out = next(s for n, s in scales.items() if n.startswith("Identity") and s)
+    assert {type(result.model.get_layer(n)).__name__ for n in ("features", "classifier")} == {"ColumnBlockConv2D"}
+    interpreter = make_interpreter(result.data)
+    scales = {d["index"]: d["quantization"][0] for d in interpreter.get_tensor_details()}
+    hidden = scales[tensors_by_layer(interpreter)["features"]]  # the hidden tensor: the layer's last op's output
+    out = scales[tensors_by_layer(interpreter)["classifier"]]  # the logits, before the float output
+    assert hidden > 0 and out > 0
     w = result.model.get_layer("classifier").get_weights()[0]
     bound_logit = float(np.abs(w).sum(axis=(0, 1, 2)).max()) * hidden + out
     bound_probability = 2 * bound_logit / 4

@@ -7,6 +7,8 @@ on exactly the graph the int8 exporter converts:
 1. the rewritten model (:func:`sinet_tf.export.rewrite.int8_friendly`, with the chosen
    post-training candidate's equalization), with every BatchNormalization that follows a
    conv folded into that conv (:func:`fold_batch_norms`), as TFLite's converter folds it;
+   the passes in :data:`AFTER_TRAINING` only change how a conv's tensors are laid out
+   (the same integer arithmetic), so they run on the fine-tuned model, before conversion;
 2. fake quantization where the int8 file has a quantized tensor (:func:`quantization_aware`):
    per-channel symmetric int8 weights of every conv / depthwise / transposed conv kernel
    (``[-127, 127]``, scale ``max|w| / 127``, what TFLite's quantizer writes), and per-tensor
@@ -59,15 +61,15 @@ from sinet_tf.export.passes.input_normalization import OffsetConv2D
 from sinet_tf.export.passes.prelu import DecomposedPReLU
 from sinet_tf.export.passes.space_to_depth import SpaceToDepthConv2D
 from sinet_tf.export.quantize import ExportError, calibrate, quantize_calibrated_model, representative_dataset
-from sinet_tf.export.rewrite import int8_friendly
+from sinet_tf.export.rewrite import int8_friendly, passes_for
 from sinet_tf.layers.information_blocking import InformationBlockingGate
 from sinet_tf.layers.resize import BilinearResize
 from sinet_tf.losses import build_loss
 from sinet_tf.runtime.heads import person_probability_from_output
 from sinet_tf.runtime.interpreter import TFLiteRunner, make_interpreter
 
-__all__ = ["COVERED", "FakeQuant", "QATError", "QATModel", "QATResult", "QATSettings", "fold_batch_norms",
-           "quantization_aware", "quantization_aware_export"]
+__all__ = ["AFTER_TRAINING", "COVERED", "FakeQuant", "QATError", "QATModel", "QATResult", "QATSettings",
+           "fold_batch_norms", "quantization_aware", "quantization_aware_export"]
 
 
 class QATError(ExportError):
@@ -117,6 +119,13 @@ _OWN_RANGE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Co
 COVERED = _SAME_VALUES + _SAME_RANGE + _OWN_RANGE
 _ACTIVATIONS = ("linear", "relu", "sigmoid", "softmax")
 _FUSABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Add)
+
+# int8 rewrite passes that run after fine-tuning: ``column_blocks`` computes a conv on a
+# reshaped tensor with a block kernel whose every output channel holds one original
+# kernel's taps (and zeros), so the per-channel weight scales, the tensors' per-tensor
+# ranges and the integer sums are the original conv's: fine-tuning the conv is fine-tuning
+# what the file computes
+AFTER_TRAINING = ("column_blocks",)
 
 
 def _kernel_axis(layer, variable) -> Callable | None:
@@ -445,7 +454,9 @@ def quantization_aware_export(model: keras.Model, settings: QATSettings, images:
     say = log or (lambda text: None)
     settings.check()
     t0 = time.perf_counter()
-    friendly = int8_friendly(model, images=equalization_images if equalize else None)
+    images_eq = equalization_images if equalize else None
+    before = [n for n in passes_for("int8") if n not in AFTER_TRAINING and (n != "equalize" or images_eq is not None)]
+    friendly = int8_friendly(model, images=images_eq, passes=before)
     folded = fold_batch_norms(friendly)
     qat_net, plan = quantization_aware(folded, settings.ema)
     _start_ranges(folded, plan, images[: min(len(images), 32)])
@@ -484,7 +495,8 @@ def quantization_aware_export(model: keras.Model, settings: QATSettings, images:
             fq.lo.assign(twin.lo)
             fq.hi.assign(twin.hi)
 
-    export_model = with_output_head(folded, head)
+    converted = int8_friendly(folded, passes=AFTER_TRAINING)  # layer names kept: the ranges find their tensors
+    export_model = with_output_head(converted, head)
     calibrated = calibrate(export_model, representative_dataset(images), io)
     interpreter = make_interpreter(calibrated, xnnpack=False)
     by_layer = tensors_by_layer(interpreter)
@@ -526,7 +538,7 @@ def quantization_aware_export(model: keras.Model, settings: QATSettings, images:
     say(f"QAT: {settings.epochs} epoch(s) in {train_seconds:.0f} s (loss {losses}); TFLite vs fake-quantized Keras: "
         f"max |dp| {summary['tflite_vs_fake_quant']['max_abs_diff_probability']:.4f}, masks agree on "
         f"{summary['tflite_vs_fake_quant']['mask_agreement']:.2%} of pixels")
-    return QATResult(data, folded, seconds, summary, qat_check)
+    return QATResult(data, converted, seconds, summary, qat_check)
 
 
 def _kind(head: str) -> str:
