@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with the GPU-delegate check, benchmark both and write DIR/report.md with plots.")
     p.add_argument("-o", "--output", default="demo", help="output folder (default demo)")
     p.add_argument("--data", help="dataset with train/val splits (folder or list file) instead of synthetic portraits")
-    p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes (default 2.5; "
+    p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes (default 4; "
                                                                "--quick: 0.25)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run for CI (under 2 minutes)")
     p.set_defaults(func=cmd_demo)
