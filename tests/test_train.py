@@ -240,8 +240,7 @@ def _after_epoch(epoch, action):
 def _optimizer_variables(counts: list):
     """A callback that appends to ``counts`` how many variables the optimizer holds when
     training begins and after the first step. The trainer builds the optimizer before it
-    fits: a traced first step that created them would be traced twice (SINet at 128x128:
-    42 s to the first step instead of 18 s)."""
+    fits: a traced first step that created them would be traced twice."""
     import keras
 
     class OptimizerVariables(keras.callbacks.Callback):

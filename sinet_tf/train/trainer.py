@@ -482,8 +482,7 @@ def _compile(model, stage: StageConfig, steps_per_epoch: int):
                   jit_compile=stage.jit_compile, run_eagerly=stage.run_eagerly)
     # the optimizer's variables are created here, eagerly: without a distribution strategy
     # Keras builds the optimizer inside the first traced train step, and a tf.function that
-    # creates variables is traced twice (SINet at 128x128, 2 CPU cores: 42 s to the first
-    # step instead of 18 s)
+    # creates variables is traced twice (the first-step times: README, Training)
     model.optimizer.build(model.trainable_variables)
     return model
 
