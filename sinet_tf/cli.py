@@ -399,10 +399,14 @@ def cmd_data_check(args):
 
 
 def cmd_train(args):
-    from sinet_tf.train import load_recipe, train
+    from sinet_tf.train.run_folder import check_run_folder
 
     if args.workers is not None and args.strategy not in (None, "multiworker"):
         raise ValueError(f"--workers runs the multiworker strategy; it does not go with --strategy {args.strategy}")
+    output = args.output or str(Path("runs") / Path(args.config).stem)
+    check_run_folder(output, args.resume)   # before TensorFlow is imported: a repeated command fails at once
+    from sinet_tf.train import load_recipe, train
+
     # with --workers the recipe is read, and a bad one refused, once here rather than in every worker
     config = load_recipe(args.config, overrides=args.overrides, data=args.data)
     if args.workers is not None:
@@ -416,7 +420,6 @@ def cmd_train(args):
         return launch_local_workers(forwarded + list(args.overrides), args.workers, config=config)
     if args.strategy:
         config.strategy = args.strategy
-    output = args.output or str(Path("runs") / Path(args.config).stem)
     _output_folder(output, "-o")
     summary = train(config, output, resume=args.resume, verbose=args.verbose)
     for st in summary["stages"]:

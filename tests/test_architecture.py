@@ -1,6 +1,6 @@
 """The floor plan of ``sinet_tf`` (ARCHITECTURE.md): no import circle, every import goes down
 a floor (or stays inside its own package), and the ``sinet`` command starts without
-TensorFlow for ``--help`` and ``check-gpu``."""
+TensorFlow for ``--help`` and ``check-gpu`` (and refuses a repeated ``train`` without it)."""
 
 import ast
 import subprocess
@@ -156,3 +156,19 @@ def test_private_stack_calls_only_in_compat():
             if any(m in code for m in PRIVATE_MARKERS):
                 found.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_train_refuses_an_existing_run_before_importing_tensorflow(tmp_path):
+    """`sinet train` on a folder that holds a run, without --resume: exit 2 with the folder
+    named, and TensorFlow never imported (the refusal comes at once, not after the import)."""
+    (tmp_path / "state.json").write_text("{}")
+    out = _fresh("import sys, contextlib, io\n"
+                 "from sinet_tf import cli\n"
+                 "err = io.StringIO()\n"
+                 "with contextlib.redirect_stderr(err):\n"
+                 f"    code = cli.main(['train', '--config', 'training/sinet.yaml', '-o', {str(tmp_path)!r}])\n"
+                 "print(code, sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+                 "print(err.getvalue().strip())")
+    first, message = out.split("\n", 1)
+    assert first == "2 []", out
+    assert f"{tmp_path} already holds a run (state.json); pass --resume" in message and "\n" not in message, message

@@ -1,15 +1,21 @@
-"""Training: recipes (``training/*.yaml``) and the engine behind ``sinet train``."""
+"""Training: recipes (``training/*.yaml``) and the engine behind ``sinet train``.
 
-from sinet_tf.train.config import RecipeError, StageConfig, TrainConfig, load_recipe
-from sinet_tf.train.trainer import (
-           SGDL2,
-           AdamL2,
-           TrainingDiverged,
-           TrainingError,
-           make_strategy,
-           train,
-           transfer_weights,
-)
+Names are imported on first use, so that ``sinet train`` can check its output folder
+(:mod:`.run_folder`) before TensorFlow is imported.
+"""
 
-__all__ = ["AdamL2", "RecipeError", "SGDL2", "StageConfig", "TrainConfig", "TrainingDiverged", "TrainingError", "load_recipe",
-           "make_strategy", "train", "transfer_weights"]
+from __future__ import annotations
+
+from sinet_tf.lazy import lazy_attributes
+
+_NAMES = {
+    "RecipeError": "config", "StageConfig": "config", "TrainConfig": "config", "load_recipe": "config",
+    "SGDL2": "trainer", "AdamL2": "trainer", "make_strategy": "trainer", "train": "trainer",
+    "transfer_weights": "trainer",
+    "TrainingDiverged": "run_folder", "TrainingError": "run_folder",
+}
+
+__all__ = sorted(_NAMES)
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, {name: f"{__name__}.{module}" for name, module in _NAMES.items()})

@@ -66,6 +66,7 @@ from sinet_tf.train.cluster import cluster_watchdog, global_batch_error, read_tf
 from sinet_tf.train.config import StageConfig, TrainConfig
 from sinet_tf.train.distill import wrap_for_distillation
 from sinet_tf.train.param_groups import PerVariableLearningRate
+from sinet_tf.train.run_folder import STATE_FILE, TrainingDiverged, TrainingError, check_run_folder
 from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
 from sinet_tf.weights import load_weights
 
@@ -74,14 +75,6 @@ __all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "Tra
 
 KILL_ENV = "SINET_TRAIN_KILL_AT"
 KILL_POINTS = ("batch", "last", "best", "commit", "publish")
-
-
-class TrainingError(ValueError):
-    """Raised before any training starts when the run cannot go ahead."""
-
-
-class TrainingDiverged(TrainingError):
-    """The loss or the weights became non-finite; the epoch was not committed."""
 
 
 class _CoupledL2(PerVariableLearningRate):
@@ -335,7 +328,7 @@ class _RunState(keras.callbacks.Callback):
 
 
 def _commit(run_dir: Path, state: dict):
-    _atomic_text(run_dir / "state.json", json.dumps(state, indent=2))
+    _atomic_text(run_dir / STATE_FILE, json.dumps(state, indent=2))
 
 
 def _link_or_copy(src: Path, dst: Path):
@@ -493,11 +486,8 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
     wall time, training images/s, paths)."""
     _kill_point()   # a malformed fault-injection value fails before anything runs
     run_dir = Path(output_dir)
-    state_path = run_dir / "state.json"
+    state_path = check_run_folder(run_dir, resume)
     config_dict = config.to_dict()
-    if state_path.exists() and not resume:
-        raise TrainingError(f"{run_dir} already holds a run (state.json); pass --resume to continue it "
-                            "or choose another output folder")
     try:
         state = json.loads(state_path.read_text()) if (resume and state_path.exists()) else {}
     except ValueError as e:
