@@ -18,7 +18,7 @@ from sinet_tf.layers.normalization import InputNormalization
 from registry_cases import randomize_weights
 
 RNG = np.random.default_rng(3)
-FLOAT_PASSES = ["batch_norms", "pointwise_merge", "concat_activations", "column_blocks"]
+FLOAT_PASSES = ["channel_shuffles", "batch_norms", "pointwise_merge", "concat_activations", "column_blocks"]
 
 
 def _conv_numpy(x, kernel, bias, stride, pad):
@@ -254,6 +254,9 @@ def test_each_float_pass_keeps_the_function_on_random_and_real_photos(official_s
     kinds = {type(layer).__name__ for layer in rewritten.layers}
     if name in ("column_blocks", "all"):
         assert isinstance(rewritten.get_layer("classifier.1"), ColumnBlockConv2D)
+    if name in ("channel_shuffles", "all"):  # grouped 1x1 convs stay grouped (no dense block-diagonal kernel)
+        squeeze = rewritten.get_layer("encoder.level3.1.c1.conv")
+        assert type(squeeze) is keras.layers.Conv2D and squeeze.groups == 2
     if name in ("batch_norms", "all"):
         assert "ChannelAffine" in kinds and "AffineThenResize" in kinds
     if name in ("pointwise_merge", "all"):
@@ -279,8 +282,16 @@ def test_fp32_export_matches_the_official_logits_and_the_gpu_rules(sinet_checkpo
     data = (tmp_path / "sinet.tflite").read_bytes()
     ops = read_contents(data).op_counts()
     # the float passes ran: the 20 standalone BNs (MUL + ADD each) are folded or one op; the
-    # classifier runs on column blocks (two RESHAPEs); PRELU stays one op
+    # classifier runs on column blocks (two RESHAPEs); PRELU stays one op; the ten grouped
+    # 1x1 convs stay grouped (a kernel of c_in / 2 input channels)
     assert ops["MUL"] == 3 and ops["ADD"] == 9 and ops["RESHAPE"] == 2 and ops["PRELU"] == 39
+    from sinet_tf.runtime.model_file import op_name, parse_model
+
+    flat = parse_model(data)
+    sub = flat.subgraphs[0]
+    assert sum(op_name(flat, op.opcodeIndex) == "CONV_2D"
+               and 2 * sub.tensors[op.inputs[1]].shape[-1] == sub.tensors[op.inputs[0]].shape[-1]
+               for op in sub.operators) == 10
     assert ops["PAD"] == 3  # implicit_padding is asked for by name only (XNNPACK fuses these PADs itself)
     assert report.gpu.compatible and check_gpu_compatibility(data).compatible
     from sinet_tf.layers.normalization_presets import get_preset

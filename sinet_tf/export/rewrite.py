@@ -16,8 +16,11 @@ dropped, are in ``benchmarks/results/int8_rewrites.md`` and
 The passes, in the order they run, with their modes (each one module of
 :mod:`sinet_tf.export.passes`):
 
-* ``channel_shuffles`` (int8; :mod:`~sinet_tf.export.passes.channel_shuffle`): the
-  shuffles after SINet's grouped 1x1 convs move into the weights after them.
+* ``channel_shuffles`` (int8, float; :mod:`~sinet_tf.export.passes.channel_shuffle`): the
+  shuffles after SINet's grouped 1x1 convs move into the weights after them, so those
+  convs export as grouped CONV_2Ds (half the multiply-adds of the dense block-diagonal
+  kernel; XNNPACK and the GPU delegate run grouped convs, TFLite's builtin float kernel
+  only through its slower reference path).
 * ``input_normalization`` (int8; :mod:`~sinet_tf.export.passes.input_normalization`): the
   normalization, and a BatchNorm right after the first conv, folded into that conv
   (:class:`OffsetConv2D`).
@@ -63,7 +66,9 @@ the export mode. A new pass is one function plus one entry in :data:`PASSES` (or
 
 Float files keep PReLU as one op (one PRELU is cheaper than its decomposition in float,
 and on GPUs), keep the input normalization as its own 1x1 conv (folding it needs a border
-map whose ADD costs what the conv saves on XNNPACK) and keep AVERAGE_POOL_2D.
+map whose ADD costs what the conv saves on XNNPACK, and the mean left as a per-channel ADD
+before the padding, its channel matrix folded into the conv, measured slower than the conv
+it replaces) and keep AVERAGE_POOL_2D.
 """
 
 from __future__ import annotations
@@ -138,7 +143,7 @@ class RewritePass:
 
 PASSES: list[RewritePass] = [
     RewritePass("channel_shuffles", "channel shuffles after grouped 1x1 convs moved into the weights after them",
-                absorb_channel_shuffles),
+                absorb_channel_shuffles, modes=("int8", "float")),
     RewritePass("input_normalization", "input normalization (and a BN right after) folded into the first conv",
                 fold_input_normalization),
     RewritePass("batch_norms", "BNs after concats/resizes/adds folded into convs, moved or made one depthwise op",
