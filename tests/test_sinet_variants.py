@@ -41,6 +41,36 @@ def test_default_variant_takes_every_official_weight_it_has(official_64):
     assert "PReLU" not in kinds and "GlobalAveragePooling2D" not in kinds and "ReLU" in kinds
 
 
+def test_training_starts_from_the_official_checkpoint_with_only_the_new_layer_untouched(sinet_checkpoint, tmp_path):
+    """``init:`` the official state_dict with ``init_strict: false`` (training/sinet_fast_kd.yaml):
+    every layer the checkpoint holds gets its tensors, the sub-pixel classifier keeps its
+    initialization and the log names it; strict, a partial layer or a foreign checkpoint is refused."""
+    from sinet_tf.train.config import StageConfig
+    from sinet_tf.train.trainer import _initialize
+    from sinet_tf.weights import WeightImportError, assign_state_dict
+
+    variant = sinet_tf.build_model("sinet_fast", input_shape=(64, 64, 3))
+    before = variant.get_layer("classifier.subpixel").get_weights()[0].copy()
+    logs = []
+    _initialize(variant, StageConfig(name="ft", model="sinet_fast", init=str(sinet_checkpoint)), tmp_path, logs.append)
+    assert logs[-1].endswith("; layers it does not hold, left as initialized: classifier.subpixel")
+    np.testing.assert_array_equal(variant.get_layer("classifier.subpixel").get_weights()[0], before)
+    sd = dict(np.load(sinet_checkpoint))
+    np.testing.assert_array_equal(variant.get_layer("encoder.level1.conv").get_weights()[0],  # OIHW -> HWIO
+                                  sd["encoder.level1.conv.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(variant.get_layer("encoder.BR3.bn").moving_variance, sd["encoder.BR3.bn.running_var"])
+
+    strict = StageConfig(name="ft", model="sinet_fast", init=str(sinet_checkpoint), init_strict=True)
+    with pytest.raises(WeightImportError, match="'classifier.subpixel.weight' needed by layer 'classifier.subpixel'"):
+        _initialize(variant, strict, tmp_path, logs.append)
+    partial = {k: v for k, v in sd.items() if k != "encoder.BR3.bn.running_var"}
+    with pytest.raises(WeightImportError, match="'encoder.BR3.bn.running_var' needed by layer 'encoder.BR3.bn'"):
+        assign_state_dict(variant, partial, strict=False, allow_missing=True)
+    with pytest.raises(WeightImportError, match="no tensor of the checkpoint fits a layer of model 'sinet_fast'"):
+        assign_state_dict(variant, {"backbone.conv1.weight": np.zeros((8, 3, 3, 3))}, strict=False,
+                          allow_missing=True)
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="activation 'gelu'; choose one of relu, relu6, prelu"):
         sinet_tf.build_model("sinet_fast", input_shape=(64, 64, 3), activation="gelu")

@@ -66,7 +66,8 @@ class StageConfig:
     edge_weight: float = 0.1                       # two-view only: beta of the boundary focal loss (edge head)
     aux_weight: float = 0.0                        # weight of the aux_logits output's loss (PSPNet: 0.4)
     init: str | None = None                        # checkpoint (.npz/.pth/.keras) or "stage:<name>" (its best)
-    init_strict: bool = False
+    init_strict: bool = False                      # false: checkpoint tensors the model lacks are ignored and
+    #   layers the checkpoint lacks entirely keep their initialization (both are errors when true)
     early_stopping_patience: int | None = None
     jit_compile: Any = False
     run_eagerly: bool = False                      # debugging / tiny test runs (no graph tracing)

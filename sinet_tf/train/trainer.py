@@ -68,7 +68,7 @@ from sinet_tf.train.distill import wrap_for_distillation
 from sinet_tf.train.param_groups import PerVariableLearningRate
 from sinet_tf.train.run_folder import STATE_FILE, TrainingDiverged, TrainingError, check_run_folder
 from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
-from sinet_tf.weights import load_weights
+from sinet_tf.weights import assign_state_dict, read_state_dict
 
 __all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "TrainingError", "TrainingDiverged",
            "KILL_ENV"]
@@ -405,8 +405,10 @@ def _initialize(model, stage: StageConfig, run_dir: Path, log):
         n = transfer_weights(load_keras_model(path), model)
         log(f"[{stage.name}] initialized {n} layers from {path}")
     else:
-        load_weights(model, path, strict=stage.init_strict)
-        log(f"[{stage.name}] initialized from checkpoint {path}")
+        kept = assign_state_dict(model, read_state_dict(path), strict=stage.init_strict, source=str(path),
+                                 allow_missing=not stage.init_strict)
+        log(f"[{stage.name}] initialized from checkpoint {path}"
+            + (f"; layers it does not hold, left as initialized: {', '.join(kept)}" if kept else ""))
 
 
 def _schedule(stage: StageConfig, steps_per_epoch: int):

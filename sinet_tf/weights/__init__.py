@@ -116,22 +116,30 @@ def _layer_tensors(layer):
 
 
 def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], strict: bool = True,
-                      source: str = "checkpoint") -> list[str]:
+                      source: str = "checkpoint", allow_missing: bool = False) -> list[str]:
     """Copy a PyTorch ``state_dict`` into ``model`` by layer name.
 
     Every weight of the model must be found with a compatible shape (the error names the
     first mismatching tensor and both shapes) and hold only finite values (a NaN or inf
     would run and predict garbage without an error). With ``strict`` the checkpoint may
-    not hold tensors the model does not use. Returns the checkpoint keys that were used.
-    Nothing is assigned unless every tensor fits.
+    not hold tensors the model does not use. ``allow_missing`` (for starting a variant
+    of the checkpoint's network, e.g. ``sinet_fast`` from the official SINet) lets layers
+    that have no tensor at all in the checkpoint keep their initialization; a layer the
+    checkpoint holds only part of is still an error, and so is a checkpoint that fits no
+    layer. Returns the names of the layers left as they were (empty unless
+    ``allow_missing``). Nothing is assigned unless every tensor fits.
     """
     sd = dict(state_dict)
     names = [layer.name for layer in iter_layers(model)]
     if "encoder.level1.conv" in names and "encoder.level1.conv.weight" not in sd and "level1.conv.weight" in sd:
         sd = {f"encoder.{k}": v for k, v in sd.items()}  # a stage-1 encoder saved on its own
-    plan = []
+    plan, kept = [], []
     for layer in iter_layers(model):
-        for var, key, convert in _layer_tensors(layer):
+        tensors = _layer_tensors(layer)
+        if allow_missing and tensors and not any(key in sd for _, key, _ in tensors):
+            kept.append(layer.name)
+            continue
+        for var, key, convert in tensors:
             if key not in sd:
                 close = [k for k in sd if k.rsplit(".", 1)[0] == layer.name]
                 hint = f" (it has {', '.join(close)})" if close else ""
@@ -158,6 +166,9 @@ def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], str
                     f"{layer.name!r} of model {model.name!r} needs {target} (Keras layout); "
                     "is this a checkpoint of another architecture or width?")
             plan.append((var, value, key))
+    if not plan:
+        raise WeightImportError(f"{source}: no tensor of the checkpoint fits a layer of model {model.name!r} "
+                                "(no layer name in common); is this a checkpoint of another architecture?")
     used = {k for _, _, k in plan}
     unused = sorted(set(sd) - used)
     if strict and unused:
@@ -166,7 +177,7 @@ def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], str
             f"first {unused[0]!r}; pass strict=False to ignore them")
     for var, value, _ in plan:
         var.assign(value)
-    return sorted(used)
+    return kept
 
 
 def load_weights(model: keras.Model, path: str | os.PathLike, strict: bool = True) -> keras.Model:
