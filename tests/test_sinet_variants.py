@@ -112,6 +112,14 @@ def test_exports_are_one_partition_without_slow_ops_and_gpu_compatible(official_
     ops = report.ops
     assert not {"PRELU", "MEAN", "RELU", "SPACE_TO_DEPTH"} & set(ops) and ops["DEPTH_TO_SPACE"] == 1
     assert ops["RESIZE_BILINEAR"] == 8  # the S2 blocks' 6 and the decoder's 2; none at full resolution
+    from sinet_tf.runtime.model_file import op_name, parse_model
+
+    flat = parse_model(data)
+    sub = flat.subgraphs[0]
+    # the ten grouped 1x1 convs stay grouped (channel_shuffles: the shuffle's ReLUs are per channel)
+    assert sum(op_name(flat, op.opcodeIndex) == "CONV_2D"
+               and 2 * sub.tensors[op.inputs[1]].shape[-1] == sub.tensors[op.inputs[0]].shape[-1]
+               for op in sub.operators) == 10
     assert report.gpu.compatible, report.gpu.summary()
     if quantize == "none":
         assert report.parity["max_abs_diff_output"] < 1e-3

@@ -20,7 +20,8 @@ __all__ = ["absorb_channel_shuffles"]
 # permutation after them, with their per-channel weights permuted.
 _PER_CHANNEL = (keras.layers.DepthwiseConv2D, keras.layers.BatchNormalization, keras.layers.PReLU,
                 keras.layers.AveragePooling2D, keras.layers.MaxPooling2D, keras.layers.ZeroPadding2D,
-                keras.layers.UpSampling2D, keras.layers.Activation, BilinearResize)
+                keras.layers.UpSampling2D, keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
+                BilinearResize)
 
 
 def _per_channel(layer) -> bool:
