@@ -191,10 +191,12 @@ def test_convs_the_pass_leaves_alone():
     y = keras.layers.Conv2D(2, 3, padding="same", name="odd_width")(inputs)
     y = keras.layers.Conv2D(8, 3, padding="same", name="wide")(y)           # 8 inputs next: too many
     y = keras.layers.Conv2D(2, 3, padding="same", dilation_rate=2, name="dilated")(y)
-    model = _randomize(keras.Model(inputs, y))
-    for mode in REWRITE_MODES:
-        rewritten = float_friendly(model) if mode == "float" else int8_friendly(model, passes=["column_blocks"])
-        assert not any(isinstance(layer, ColumnBlockConv2D) for layer in rewritten.layers)
+    wide_out = keras.Input((64, 64, 2), batch_size=1)  # sinet_fast's sub-pixel classifier: 8 outputs at stride 1
+    subpixel = keras.layers.Conv2D(8, 3, padding="same", name="subpixel")(wide_out)
+    for model in (_randomize(keras.Model(inputs, y)), _randomize(keras.Model(wide_out, subpixel))):
+        for mode in REWRITE_MODES:
+            rewritten = float_friendly(model) if mode == "float" else int8_friendly(model, passes=["column_blocks"])
+            assert not any(isinstance(layer, ColumnBlockConv2D) for layer in rewritten.layers)
 
 
 @pytest.mark.parametrize("mode", ["float", "int8"])

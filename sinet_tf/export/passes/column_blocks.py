@@ -27,7 +27,12 @@ __all__ = ["BLOCK_WIDTHS", "ColumnBlockConv2D", "column_block_kernel", "convs_on
 # (export mode, stride) -> columns per block; a pair not listed is left alone.
 BLOCK_WIDTHS = {("int8", 1): 16, ("int8", 2): 4, ("float", 1): 8}
 MAX_IN_CHANNELS = 4    # only convs this narrow on the input side ...
-MAX_OUT_CHANNELS = 16  # ... and on the output side
+# ... and on the output side, per stride. A block kernel does (L + 1 + R) B / k times the
+# multiply-adds of the original (8x at stride 1 with B = 8 and k = 3, 2.7x at stride 2 with
+# B = 4), which pays only where the original wastes most of a vector tile: a 2-channel
+# classifier at stride 1 (SINet), a 3 -> 12 first conv at stride 2; sinet_fast's 2 -> 8
+# sub-pixel classifier ran 6-10% slower as a whole model on blocks (float_rewrites.md).
+MAX_OUT_CHANNELS = {1: 4, 2: 16}
 MIN_WIDTH = 64         # and this wide (full- or half-resolution ends of the network)
 
 
@@ -131,7 +136,8 @@ def _candidate(layer, graph, mode):
     shape = layer.input.shape
     if (cfg["groups"] != 1 or tuple(cfg["dilation_rate"]) != (1, 1) or k[0] != k[1] or k[0] % 2 == 0 or k[0] > 5
             or strides[0] != strides[1] or cfg.get("data_format", "channels_last") != "channels_last"
-            or shape[1] is None or shape[2] is None or shape[-1] > MAX_IN_CHANNELS or cfg["filters"] > MAX_OUT_CHANNELS):
+            or shape[1] is None or shape[2] is None or shape[-1] > MAX_IN_CHANNELS
+            or cfg["filters"] > MAX_OUT_CHANNELS.get(strides[0], 0)):
         return None
     block = BLOCK_WIDTHS.get((mode, strides[0]))
     p = k[0] // 2
@@ -154,8 +160,8 @@ def _candidate(layer, graph, mode):
 
 def convs_on_column_blocks(model: keras.Model, context: RewriteContext | None = None) -> keras.Model:
     """A copy of ``model`` with every few-channel, wide, stride-1 "same" or PyTorch-padded
-    conv (at most :data:`MAX_IN_CHANNELS` in and :data:`MAX_OUT_CHANNELS` out, width at
-    least :data:`MIN_WIDTH`) a :class:`ColumnBlockConv2D` of the same name and function,
+    conv (at most :data:`MAX_IN_CHANNELS` in and :data:`MAX_OUT_CHANNELS` out for its
+    stride, width at least :data:`MIN_WIDTH`) a :class:`ColumnBlockConv2D` of the same name and function,
     with the block width :data:`BLOCK_WIDTHS` gives for ``context.mode`` and its stride
     (an explicit ZeroPadding2D before it becomes
     :class:`~sinet_tf.export.passes.graph.FoldedAway`); ``model`` itself when there is none."""
