@@ -78,9 +78,22 @@ def assert_label_matches_photo(img, lbl, edge_px=1, max_fraction=0.01):
     assert disagree.mean() < max_fraction
 
 
+# The files whose tests take longest in the default suite (`pytest --durations`), heaviest
+# first. They run first, so that with `-n 2 --dist loadfile --no-loadscope-reorder` the short
+# files fill the end of the run on both workers instead of one long file running alone on one
+# core (xdist's own reorder sorts files by their number of tests, which put test_demo.py, five
+# tests behind a 70-second fixture, near the end).
+LONGEST_FILES = ("test_demo.py", "test_train.py", "test_export.py", "test_reliability.py", "test_multiworker.py",
+                 "test_presets.py", "test_postprocess_export.py", "test_sinet_variants.py", "test_console.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (the large zoo models' registry checks, full-size sweeps) run
-    with ``-m slow`` or ``SINET_SLOW=1``; the default suite stays within CI's time budget."""
+    with ``-m slow`` or ``SINET_SLOW=1``; the default suite stays within CI's time budget.
+    The longest files are collected first (:data:`LONGEST_FILES`; a stable sort, so every
+    file's tests stay together and in order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     marker = config.getoption("-m") or ""
     if os.environ.get("SINET_SLOW") == "1" or ("slow" in marker and "not slow" not in marker):
         return
