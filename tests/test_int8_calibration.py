@@ -77,10 +77,10 @@ def test_rank_keeps_the_preferred_calibration_unless_another_is_significantly_be
     rng = np.random.default_rng(0)
     truth = rng.uniform(0.5, 0.9, 40)
 
-    def c(name, shift, noise=0.02, problems=()):
+    def c(name, shift, noise=0.02, problems=(), distance=0.1):
         per_image = list(np.clip(truth + shift + rng.normal(0, noise, 40), 0, 1))
         return Candidate(name, b"", {"person_iou": float(np.mean(per_image)), "drop": float(-shift),
-                                     "mask_distance": 0.1, "per_image_iou": per_image}, problems=list(problems))
+                                     "mask_distance": distance, "per_image_iou": per_image}, problems=list(problems))
 
     # all meet the gate; the small gains are within the noise: the preferred one stays first
     ranked = rank([c("mse", 0.001), c("minmax+equalize", 0.0), c("average", 0.0005)], max_drop=0.01)
@@ -92,6 +92,13 @@ def test_rank_keeps_the_preferred_calibration_unless_another_is_significantly_be
     # a candidate better by far more than the noise overrules the preference
     ranked = rank([c("minmax+equalize", -0.008, noise=0.002), c("percentile", 0.006, noise=0.002)], max_drop=0.01)
     assert ranked[0].name == "percentile"
+    # ... but not from beyond max_drop: a gain that large means the masks moved away from the
+    # float model, so every candidate within max_drop either way comes first, then the gains
+    # by mask distance, then the misses
+    ranked = rank([c("average+equalize", 0.03, noise=0.002, distance=0.12), c("minmax", -0.035),
+                   c("mse", 0.02, noise=0.002, distance=0.08), c("percentile", -0.009, noise=0.002, distance=0.1)],
+                  max_drop=0.01)
+    assert [x.name for x in ranked] == ["percentile", "mse", "average+equalize", "minmax"]
     assert parse_candidate_name("mse+equalize") == ("mse", True)
     with pytest.raises(ExportError, match="unknown int8 calibration 'fast'; choose one of minmax"):
         parse_candidate_name("fast")
