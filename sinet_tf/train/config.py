@@ -75,6 +75,9 @@ class StageConfig:
     teacher: str | None = None                     # distillation (train/distill.py): init, .keras, .tflite or preset
     teacher_resize: bool = False                   # resize the batch to a teacher of another input size
     teacher_input_range: tuple[float, float] | None = None   # .tflite teacher's pixel range (default: its own)
+    seed_offset: int = 0                           # this stage's data order and augmentation: seed + seed_offset
+    average_of: tuple[str, ...] = ()               # a stage that trains nothing: the uniform average of these
+    #   earlier stages' best networks (a model soup), validated once (train/wise_ft.py: average_weights)
 
 
 @dataclass
@@ -246,7 +249,7 @@ _STAGE_TYPES = {
     "init": _optional(_text), "init_strict": _boolean, "early_stopping_patience": _optional(_integer(1)),
     "jit_compile": _choice(True, False, "auto"), "run_eagerly": _boolean,
     "lr_multipliers": _mapping, "teacher": _optional(_text), "teacher_resize": _boolean,
-    "teacher_input_range": _optional(_value_range),
+    "teacher_input_range": _optional(_value_range), "seed_offset": _integer(0), "average_of": _text_list,
 }
 _TOP_TYPES = {
     "data": _path, "val_data": _optional(_path), "train_split": _optional(_text), "val_split": _optional(_text),
@@ -276,6 +279,33 @@ _TOP_KEYS = {f.name for f in fields(TrainConfig)} - {"stages", "recipe"}
 def _suggest(key, valid):
     close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _check_average(stage: StageConfig, earlier: list[StageConfig], own: dict, where: str) -> None:
+    """An ``average_of`` stage names at least two distinct earlier stages that build its
+    architecture, and sets nothing that only training reads (it runs one validation pass,
+    its one epoch)."""
+    names = list(stage.average_of)
+    by_name = {s.name: s for s in earlier}
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise RecipeError(f"{where}average_of: {names} must name at least two different stages")
+    for name in names:
+        if name not in by_name:
+            raise RecipeError(f"{where}average_of: {name!r} is not an earlier stage "
+                              f"({', '.join(by_name) or 'none'})")
+        other = by_name[name]
+        if (other.model, other.model_kwargs) != (stage.model, stage.model_kwargs):
+            raise RecipeError(f"{where}average_of: stage {name!r} builds {other.model} {other.model_kwargs or ''}"
+                              f"and this stage {stage.model} {stage.model_kwargs or ''}: averaging needs one "
+                              "architecture")
+    for key in ("init", "teacher", "epochs"):
+        if key in own:
+            raise RecipeError(f"{where}{key}: an average_of stage trains nothing (its weights are the average "
+                              "of the named stages' best networks); remove the key")
+    if stage.teacher or "kd" in str(stage.loss) or stage.two_views or stage.aux_weight:
+        raise RecipeError(f"{where}average_of: validation scores the plain network; set this stage's loss "
+                          "without kd (e.g. \"ce\") and no teacher, two_views or aux_weight")
+    stage.epochs = 1
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -390,6 +420,8 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
         if stage.init and stage.init.startswith("stage:") and stage.init[6:] not in [s.name for s in stages]:
             raise RecipeError(f"{path}: stage {stage.name!r} initializes from {stage.init!r}, "
                               f"which is not an earlier stage ({', '.join(s.name for s in stages) or 'none'})")
+        if stage.average_of:
+            _check_average(stage, stages, st, where)
         stages.append(stage)
     names = [s.name for s in stages]
     if len(set(names)) != len(names):

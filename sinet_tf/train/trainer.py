@@ -284,6 +284,13 @@ class _RunState(keras.callbacks.Callback):
         if batch == 0:
             self._fault("batch", self._epoch)
 
+    def commit_validation(self, model, logs: dict):
+        """Commit epoch 1 of a stage that trains nothing (``average_of``): its validation
+        scores, and ``model`` as both last and best."""
+        self.set_model(model)
+        self._epoch, self._rate = 1, 0.0
+        self.on_epoch_end(0, logs)
+
     def on_epoch_end(self, epoch, logs=None):
         n = epoch + 1
         logs = {k: float(v) for k, v in (logs or {}).items()}
@@ -409,6 +416,35 @@ def _initialize(model, stage: StageConfig, run_dir: Path, log):
                                  allow_missing=not stage.init_strict)
         log(f"[{stage.name}] initialized from checkpoint {path}"
             + (f"; layers it does not hold, left as initialized: {', '.join(kept)}" if kept else ""))
+
+
+def _average_of_stages(stage: StageConfig, run_dir: Path, log):
+    """The network of an ``average_of`` stage: the uniform average of the named stages'
+    best networks (:func:`sinet_tf.train.wise_ft.average_weights`)."""
+    from sinet_tf.train.wise_ft import average_weights
+
+    paths = [run_dir / name / "best.keras" for name in stage.average_of]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise TrainingError(f"stage {stage.name!r}: {missing[0]} is missing (average_of needs each stage's best "
+                            "network; that stage never validated?)")
+    networks = [load_keras_model(p) for p in paths]
+    model = build_model(stage.model, input_shape=(*stage.input_size, 3), **stage.model_kwargs)
+    try:
+        average_weights(networks, into=model)
+    except ValueError as e:
+        raise TrainingError(f"stage {stage.name!r}: {e}") from None
+    log(f"[{stage.name}] the average of {len(paths)} networks: " + ", ".join(str(p) for p in paths))
+    return model
+
+
+def _validate(model, stage: StageConfig, val_ds) -> dict:
+    """``val_loss`` (the stage's loss) and ``val_person_iou`` of ``model`` on ``val_ds``, as
+    fit's validation computes them."""
+    model.compile(loss=build_loss(stage.loss), metrics=[PersonIoU()], jit_compile=stage.jit_compile,
+                  run_eagerly=stage.run_eagerly)
+    scores = model.evaluate(val_ds, verbose=0, return_dict=True)
+    return {f"val_{k}": float(v) for k, v in scores.items()}
 
 
 def _schedule(stage: StageConfig, steps_per_epoch: int):
@@ -604,6 +640,8 @@ def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, repl
                                         f"{str(e).splitlines()[0] if str(e) else ''}); start a new output "
                                         "folder") from e
                 log(f"[{stage.name}] resuming after epoch {initial_epoch} from {last}")
+            elif stage.average_of:
+                model = _average_of_stages(stage, run_dir, log)
             else:
                 model = build_model(stage.model, input_shape=(*stage.input_size, 3), **stage.model_kwargs)
                 _initialize(model, stage, run_dir, log)
@@ -615,10 +653,19 @@ def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, repl
             raise TrainingError(f"stage {stage.name!r}: model output {out_hw} does not match label_stride {label_stride}")
         if initial_epoch >= stage.epochs:
             log(f"[{stage.name}] all {stage.epochs} epochs already done")
+        elif stage.average_of:
+            val_ds = make_pipeline(val_source, stage.input_size, stage.batch_size, augment=False, shuffle=False,
+                                   label_stride=label_stride)
+            run_state = _RunState(files_dir, stage, state, history, publish=chief)
+            run_state.commit_validation(model, _validate(model, stage, _unsharded(val_ds) if multiworker else val_ds))
+            if run_state.diverged:
+                raise TrainingDiverged(run_state.diverged)
+            log(f"[{stage.name}] val person IoU of the average {state['best']}")
         else:
             def train_pipeline(slices=None):
                 return make_pipeline(train_source, stage.input_size, stage.batch_size, augment=stage.augment,
-                                     backend=stage.backend, seed=config.seed, two_views=stage.two_views,
+                                     backend=stage.backend, seed=config.seed + stage.seed_offset,
+                                     two_views=stage.two_views,
                                      drop_remainder=drop, label_stride=label_stride, epochs=stage.epochs,
                                      initial_epoch=initial_epoch, slices=slices)
 
@@ -653,7 +700,8 @@ def _train_stages(config, run_dir, files_dir, state, strategy, multiworker, repl
         summary["stages"].append({
             "name": stage.name, "model": stage.model, "epochs": state["epoch"],
             "best_val_person_iou": state["best"], "best_epoch": state["best_epoch"],
-            "images_per_s": round(len(train_source) * len(timed) / train_seconds, 1) if train_seconds else None,
+            "images_per_s": (round(len(train_source) * len(timed) / train_seconds, 1)
+                             if train_seconds and not stage.average_of else None),
             "best": str(stage_dir / "best.keras"), "last": str(stage_dir / "last.keras"),
             "history": history})
         state["completed_stages"].append(stage.name)

@@ -17,6 +17,13 @@ estimate, Wu and Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Sec. 3.1), th
 scale and shift staying interpolated. Whether that helps depends on how well the batches
 stand for the photos the network will see: measure both
 (``benchmarks/finetune_candidates.py wise --bn interpolate|reestimate``).
+
+:func:`average_weights` is the same operation between fine-tuned networks: the "uniform
+soup" of Wortsman et al., "Model soups: averaging weights of multiple fine-tuned models
+improves accuracy without increasing inference time", ICML 2022 (Sec. 2, Eq. 1 with equal
+coefficients): networks fine-tuned from one starting point tend to lie in one basin of the
+loss, where their mean scores at least as well as the members. A recipe gets it from an
+``average_of`` stage (``sinet_tf.train.config``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-__all__ = ["batchnorm_layers", "interpolate_weights", "reestimate_batchnorm"]
+__all__ = ["average_weights", "batchnorm_layers", "interpolate_weights", "reestimate_batchnorm"]
 
 
 def batchnorm_layers(model: keras.Model) -> list:
@@ -45,15 +52,35 @@ def interpolate_weights(original: keras.Model, finetuned: keras.Model, alpha: fl
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"WiSE-FT alpha must be in [0, 1], got {alpha}")
-    a, b = original.weights, finetuned.weights
-    if len(a) != len(b) or any(tuple(x.shape) != tuple(y.shape) for x, y in zip(a, b)):
-        raise ValueError(f"WiSE-FT needs two networks of the same architecture: {original.name} has {len(a)} "
-                         f"weights, {finetuned.name} {len(b)} (or their shapes differ)")
+    _check_same_architecture([original, finetuned], "WiSE-FT")
     target = finetuned if into is None else into
     mixed = [(1.0 - alpha) * np.asarray(x) + alpha * np.asarray(y) for x, y in zip(original.get_weights(),
                                                                                 finetuned.get_weights())]
     target.set_weights([m.astype(np.asarray(w).dtype) for m, w in zip(mixed, target.get_weights())])
     return target
+
+
+def average_weights(networks: list, into: keras.Model | None = None):
+    """Set ``into`` (default: the first network) to the mean of ``networks``, weight by
+    weight, BatchNorm's moving statistics included (a uniform model soup; see the module
+    docstring). Returns the model set."""
+    if len(networks) < 2:
+        raise ValueError(f"averaging needs at least two networks, got {len(networks)}")
+    _check_same_architecture(networks, "averaging")
+    target = networks[0] if into is None else into
+    values = [m.get_weights() for m in networks]
+    mean = [np.mean([np.asarray(v[i], np.float64) for v in values], axis=0) for i in range(len(values[0]))]
+    target.set_weights([m.astype(np.asarray(w).dtype) for m, w in zip(mean, target.get_weights())])
+    return target
+
+
+def _check_same_architecture(networks: list, what: str) -> None:
+    first = networks[0].weights
+    for other in networks[1:]:
+        if len(other.weights) != len(first) or any(tuple(x.shape) != tuple(y.shape)
+                                                    for x, y in zip(first, other.weights)):
+            raise ValueError(f"{what} needs networks of the same architecture: {networks[0].name} has "
+                             f"{len(first)} weights, {other.name} {len(other.weights)} (or their shapes differ)")
 
 
 def reestimate_batchnorm(model: keras.Model, batches) -> int:
