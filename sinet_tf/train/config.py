@@ -296,7 +296,7 @@ def _check_average(stage: StageConfig, earlier: list[StageConfig], own: dict, wh
         other = by_name[name]
         if (other.model, other.model_kwargs) != (stage.model, stage.model_kwargs):
             raise RecipeError(f"{where}average_of: stage {name!r} builds {other.model} {other.model_kwargs or ''}"
-                              f"and this stage {stage.model} {stage.model_kwargs or ''}: averaging needs one "
+                              f" and this stage {stage.model} {stage.model_kwargs or ''}: averaging needs one "
                               "architecture")
     for key in ("init", "teacher", "epochs"):
         if key in own:
