@@ -78,13 +78,15 @@ def assert_label_matches_photo(img, lbl, edge_px=1, max_fraction=0.01):
     assert disagree.mean() < max_fraction
 
 
-# The files whose tests take longest in the default suite (`pytest --durations`), heaviest
-# first. They run first, so that with `-n 2 --dist loadfile --no-loadscope-reorder` the short
-# files fill the end of the run on both workers instead of one long file running alone on one
-# core (xdist's own reorder sorts files by their number of tests, which put test_demo.py, five
-# tests behind a 70-second fixture, near the end).
-LONGEST_FILES = ("test_demo.py", "test_train.py", "test_export.py", "test_reliability.py", "test_multiworker.py",
-                 "test_presets.py", "test_postprocess_export.py", "test_sinet_variants.py", "test_console.py")
+# The files whose tests take longest in the default suite (`pytest --durations`, summed per
+# file), heaviest first. They run first, so that with `-n 2 --dist loadfile
+# --no-loadscope-reorder` the short files fill the end of the run on both workers instead of
+# one long file running alone on one core (xdist's own reorder sorts files by their number of
+# tests; test_registry.py, left in alphabetical order, ran alone for the last 40-80 s).
+LONGEST_FILES = ("test_train.py", "test_registry.py", "test_presets.py", "test_multiworker.py", "test_export.py",
+                 "test_demo.py", "test_cli.py", "test_console.py", "test_reliability.py", "test_augment.py",
+                 "test_registry_export.py", "test_postprocess_export.py", "test_float_rewrite.py", "test_predict.py",
+                 "test_deeplabv3plus.py", "test_int8_rewrite.py", "test_sinet_variants.py", "test_model_soup.py")
 
 
 def pytest_collection_modifyitems(config, items):
