@@ -49,13 +49,38 @@ def load_keras_model(path: str | os.PathLike):
                 if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else
                 "empty" if not head else f"a file starting with the bytes {head[:8].hex(' ')}")
         raise ValueError(f"{path}: not a loadable Keras model (a .keras file is a zip archive; this is {what})")
+    if wrapper := _training_wrapper(path):
+        kind, network = wrapper
+        raise ValueError(f"{path}: the checkpoint {kind} stage resumes from ({network or 'its network'} inside a "
+                         "training wrapper), not a deployable network; use best.keras in the same stage folder")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:
-        raise ValueError(f"{path}: not a loadable Keras model ({type(e).__name__}: {e})") from e
+        first = " ".join(str(e).split())[:300]   # Keras quotes the whole model config
+        raise ValueError(f"{path}: not a loadable Keras model ({type(e).__name__}: {first})") from e
     if not isinstance(model, keras.Model):
         raise ValueError(f"{path}: holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+# the trainer's wrappers (sinet_tf.train) that its last.keras files hold: what each stage does
+_WRAPPER_KINDS = {"DistillModel": ("a distillation", "network"), "TwoViewModel": ("a two-view", "network"),
+                  "AuxHeadModel": ("an auxiliary-head", "full_network")}
+
+
+def _training_wrapper(path: Path) -> tuple[str, str | None] | None:
+    """``(stage kind with its article, network name)`` when ``path`` is a ``last.keras`` that holds one of the
+    trainer's wrappers (read from the archive's config.json; nothing is deserialized)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return None
+    if not isinstance(config, dict) or not str(config.get("module", "")).startswith("sinet_tf.train"):
+        return None
+    kind, key = _WRAPPER_KINDS.get(config.get("class_name"), ("a training", "network"))
+    inner = (config.get("config") or {}).get(key) or {}
+    return kind, (inner.get("config") or {}).get("name") if isinstance(inner, dict) else None
 
 
 def _with_input_size(model, source, input_size):

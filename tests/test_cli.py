@@ -125,6 +125,18 @@ def test_clear_errors(capsys, tmp_path, extremec3_checkpoint, humanseg, official
     assert code == 2 and "fake.keras" in err and "not a loadable Keras model" in err
     assert "a text file starting with 'not a zip'" in err and "not found" not in err.lower()
 
+    # a .keras file of classes this package does not know: Keras' error quotes the whole config
+    import zipfile
+
+    foreign = tmp_path / "foreign.keras"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("metadata.json", json.dumps({"keras_version": "3.0.0"}))
+        z.writestr("config.json", json.dumps({"module": "elsewhere", "class_name": "Mystery",
+                                              "config": {"layers": ["x" * 5000]}, "registered_name": "Mystery"}))
+    code, _, err = _run(capsys, "predict", foreign, humanseg / "images" / "1.jpg", "-o", tmp_path / "o")
+    assert code == 2 and "foreign.keras: not a loadable Keras model" in err and "Mystery" in err
+    assert err.count("\n") == 1 and len(err) < 500, err
+
 
 def test_failed_write_keeps_the_existing_output(capsys, tmp_path, extremec3_checkpoint):
     out = tmp_path / "model.keras"

@@ -221,8 +221,10 @@ def test_an_architecture_name_is_not_a_teacher():
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_trainer_distills_from_a_keras_teacher_and_saves_the_plain_network(tmp_path):
+def test_trainer_distills_from_a_keras_teacher_and_saves_the_plain_network(tmp_path, capsys):
     import keras
+
+    from sinet_tf.cli import main
 
     from sinet_tf.registry import build_model
 
@@ -241,6 +243,12 @@ def test_trainer_distills_from_a_keras_teacher_and_saves_the_plain_network(tmp_p
     assert last.network.name == "sinet_encoder" and not last.teacher.trainable
     for a, b in zip(last.teacher.get_weights(), keras.models.load_model(teacher_path).get_weights()):
         np.testing.assert_array_equal(a, b)   # the teacher did not train
+    # last.keras handed to a command that takes a network: one line that points at best.keras
+    # (not the wrapper's concatenated student + teacher logits, nor Keras' quoted model config)
+    code = main(["evaluate", summary["stages"][0]["last"], "--data", "synthetic:4"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and len(err) < 400, err
+    assert "a distillation stage resumes from (sinet_encoder inside" in err and "use best.keras" in err
 
 
 def test_wise_ft_interpolates_every_weight():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sinet_tf.loading import load_keras_model
 from sinet_tf.train import RecipeError, TrainingError, load_recipe, train
 from sinet_tf.train.config import RECIPE_DIR
 
@@ -454,6 +455,8 @@ def test_two_view_training_runs_and_best_is_the_plain_network(tmp_path):
     assert best.name == "sinet_encoder" and len(best.inputs) == 1  # deployable, no wrapper
     last = keras.models.load_model(summary["stages"][0]["last"])
     assert last.network.name == "sinet_encoder" and last.optimizer is not None
+    with pytest.raises(ValueError, match=r"a two-view stage resumes from \(sinet_encoder inside .*best\.keras"):
+        load_keras_model(summary["stages"][0]["last"])
 
 
 def test_two_view_loss_is_the_sum_of_its_parts():
@@ -533,6 +536,8 @@ def test_auxiliary_head_trains_and_best_is_the_single_output_network(tmp_path):
     best = keras.models.load_model(summary["stages"][0]["best"])
     assert best.name == "pspnet_mobilenetv2" and best.output_names == ["logits"] and len(best.outputs) == 1
     assert not any(layer.name.startswith("aux.") for layer in best.layers)
+    with pytest.raises(ValueError, match=r"an auxiliary-head stage resumes from \(pspnet_mobilenetv2 inside"):
+        load_keras_model(summary["stages"][0]["last"])
     last = keras.models.load_model(summary["stages"][0]["last"])
     assert last.full_network.output_names == ["logits", "aux_logits"] and isinstance(last.optimizer, SGDL2)
     for a, b in zip(best.get_layer("head.classifier").get_weights(),
