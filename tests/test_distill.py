@@ -200,6 +200,8 @@ def test_recipe_errors_name_the_stage_and_the_problem(tmp_path):
         load_recipe(_recipe(tmp_path, teacher="init", loss="ce"))
     with pytest.raises(RecipeError, match=r"stage 's': the loss 'ce \+ kd' has a kd term but no teacher is set"):
         load_recipe(_recipe(tmp_path, loss="'ce + kd'"))
+    with pytest.raises(RecipeError, match=r"stage 's': the loss 'ce \+ KD' has a kd term but no teacher is set"):
+        load_recipe(_recipe(tmp_path, loss="'ce + KD'"))   # loss names are case-insensitive
     with pytest.raises(RecipeError, match=r"stage 's': teacher file not found: nope\.keras"):
         load_recipe(_recipe(tmp_path, loss="'ce + kd'", teacher="nope.keras"))
     with pytest.raises(RecipeError, match=r"r\.yaml: stage .s.: teacher_input_range: \[1\] is not a pair \[low, high\]"):
