@@ -27,6 +27,7 @@ import yaml
 from sinet_tf.data.augment import PortraitNetAugmentation
 from sinet_tf.losses import build_loss
 from sinet_tf.registry import get_model_info
+from sinet_tf.train.distill import check_stage, has_kd_term
 
 __all__ = ["StageConfig", "TrainConfig", "RecipeError", "load_recipe", "parse_override", "RECIPE_DIR"]
 
@@ -281,12 +282,6 @@ def _suggest(key, valid):
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
 
 
-def _mentions_kd(loss) -> bool:
-    """Whether the loss spec may hold a ``kd`` term (loss names are case-insensitive), checked
-    without building it, so that a recipe without one loads without importing TensorFlow."""
-    return "kd" in str(loss).lower()
-
-
 def _check_average(stage: StageConfig, earlier: list[StageConfig], own: dict, where: str) -> None:
     """An ``average_of`` stage names at least two distinct earlier stages that build its
     architecture, and sets nothing that only training reads (it runs one validation pass,
@@ -308,7 +303,7 @@ def _check_average(stage: StageConfig, earlier: list[StageConfig], own: dict, wh
         if key in own:
             raise RecipeError(f"{where}{key}: an average_of stage trains nothing (its weights are the average "
                               "of the named stages' best networks); remove the key")
-    if stage.teacher or _mentions_kd(stage.loss) or stage.two_views or stage.aux_weight:
+    if stage.teacher or has_kd_term(stage.loss) or stage.two_views or stage.aux_weight:
         raise RecipeError(f"{where}average_of: validation scores the plain network; set this stage's loss "
                           "without kd (e.g. \"ce\") and no teacher, two_views or aux_weight")
     stage.epochs = 1
@@ -416,13 +411,10 @@ def load_recipe(path: str | Path, overrides: list[str] | dict | None = None, dat
                 stage.lr_multipliers = check_lr_multipliers(stage.lr_multipliers)
             except ValueError as e:
                 raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
-        if stage.teacher or _mentions_kd(stage.loss):
-            from sinet_tf.train.distill import check_stage
-
-            try:
-                check_stage(stage)
-            except ValueError as e:
-                raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
+        try:
+            check_stage(stage)   # teacher and kd term together (the loss parser's answer, any case)
+        except ValueError as e:
+            raise RecipeError(f"{path}: stage {stage.name!r}: {e}") from None
         if stage.init and stage.init.startswith("stage:") and stage.init[6:] not in [s.name for s in stages]:
             raise RecipeError(f"{path}: stage {stage.name!r} initializes from {stage.init!r}, "
                               f"which is not an earlier stage ({', '.join(s.name for s in stages) or 'none'})")
