@@ -79,8 +79,9 @@ def _training_wrapper(path: Path) -> tuple[str, str | None] | None:
     if not isinstance(config, dict) or not str(config.get("module", "")).startswith("sinet_tf.train"):
         return None
     kind, key = _WRAPPER_KINDS.get(config.get("class_name"), ("a training", "network"))
-    inner = (config.get("config") or {}).get(key) or {}
-    return kind, (inner.get("config") or {}).get("name") if isinstance(inner, dict) else None
+    inner = (config.get("config") or {}).get(key)
+    name = (inner.get("config") or {}).get("name") if isinstance(inner, dict) else None
+    return kind, name
 
 
 def _with_input_size(model, source, input_size):

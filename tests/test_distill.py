@@ -227,7 +227,6 @@ def test_trainer_distills_from_a_keras_teacher_and_saves_the_plain_network(tmp_p
     import keras
 
     from sinet_tf.cli import main
-
     from sinet_tf.registry import build_model
 
     teacher_path = tmp_path / "teacher.keras"
