@@ -399,12 +399,17 @@ def cmd_data_check(args):
 
 
 def cmd_train(args):
-    from sinet_tf.train.run_folder import check_run_folder
+    from sinet_tf.train.cluster import read_tf_config
+    from sinet_tf.train.run_folder import check_run_folder, kill_point
 
     if args.workers is not None and args.strategy not in (None, "multiworker"):
         raise ValueError(f"--workers runs the multiworker strategy; it does not go with --strategy {args.strategy}")
     output = args.output or str(Path("runs") / Path(args.config).stem)
-    check_run_folder(output, args.resume)   # before TensorFlow is imported: a repeated command fails at once
+    # before TensorFlow is imported (seconds): a repeated command or a malformed environment fails at once
+    check_run_folder(output, args.resume)
+    kill_point()
+    if args.strategy == "multiworker" and args.workers is None:
+        read_tf_config()   # the launcher (--workers) writes each worker's own
     from sinet_tf.train import load_recipe, train
 
     # with --workers the recipe is read, and a bad one refused, once here rather than in every worker

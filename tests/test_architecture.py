@@ -1,11 +1,14 @@
 """The floor plan of ``sinet_tf`` (ARCHITECTURE.md): no import circle, every import goes down
 a floor (or stays inside its own package), and the ``sinet`` command starts without
-TensorFlow for ``--help`` and ``check-gpu`` (and refuses a repeated ``train`` without it)."""
+TensorFlow for ``--help`` and ``check-gpu`` (and refuses a repeated ``train``, or one with a
+malformed environment, without it)."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 
@@ -158,17 +161,36 @@ def test_private_stack_calls_only_in_compat():
     assert not found, "\n".join(found)
 
 
-def test_train_refuses_an_existing_run_before_importing_tensorflow(tmp_path):
-    """`sinet train` on a folder that holds a run, without --resume: exit 2 with the folder
-    named, and TensorFlow never imported (the refusal comes at once, not after the import)."""
-    (tmp_path / "state.json").write_text("{}")
+_EXISTING_RUN = "already holds a run (state.json); pass --resume"
+_BAD_KILL = "SINET_TRAIN_KILL_AT='after-last': expected POINT:EPOCH"
+_BAD_TF_CONFIG = "TF_CONFIG is not JSON"
+
+
+@pytest.mark.parametrize("case,env,message", [
+    ("existing run", {}, _EXISTING_RUN),
+    ("malformed kill hook", {"SINET_TRAIN_KILL_AT": "after-last"}, _BAD_KILL),
+    ("malformed TF_CONFIG", {"TF_CONFIG": "{oops"}, _BAD_TF_CONFIG)])
+def test_train_refuses_before_importing_tensorflow(tmp_path, monkeypatch, case, env, message):
+    """`sinet train` on a folder that holds a run (without --resume), with a malformed
+    fault-injection value or with a TF_CONFIG that is not JSON: exit 2 with a one-line error
+    naming what is wrong, and TensorFlow never imported (the refusal comes at once, not
+    after seconds of importing it)."""
+    run = tmp_path / "run"
+    if case == "existing run":
+        run.mkdir()
+        (run / "state.json").write_text("{}")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     out = _fresh("import sys, contextlib, io\n"
                  "from sinet_tf import cli\n"
                  "err = io.StringIO()\n"
                  "with contextlib.redirect_stderr(err):\n"
-                 f"    code = cli.main(['train', '--config', 'training/sinet.yaml', '-o', {str(tmp_path)!r}])\n"
+                 f"    code = cli.main(['train', '--config', 'training/sinet.yaml', '-o', {str(run)!r}, "
+                 "'--strategy', 'multiworker'])\n"
                  "print(code, sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
                  "print(err.getvalue().strip())")
-    first, message = out.split("\n", 1)
+    first, text = out.split("\n", 1)
     assert first == "2 []", out
-    assert f"{tmp_path} already holds a run (state.json); pass --resume" in message and "\n" not in message, message
+    assert message in text and "\n" not in text, text
+    if case == "existing run":
+        assert str(run) in text

@@ -66,15 +66,14 @@ from sinet_tf.train.cluster import cluster_watchdog, global_batch_error, read_tf
 from sinet_tf.train.config import StageConfig, TrainConfig
 from sinet_tf.train.distill import wrap_for_distillation
 from sinet_tf.train.param_groups import PerVariableLearningRate
-from sinet_tf.train.run_folder import STATE_FILE, TrainingDiverged, TrainingError, check_run_folder
+from sinet_tf.train.run_folder import (
+    KILL_ENV, STATE_FILE, TrainingDiverged, TrainingError, check_run_folder, kill_point)
 from sinet_tf.train.two_view import TwoViewLoss, TwoViewModel, TwoViewPersonIoU
 from sinet_tf.weights import assign_state_dict, read_state_dict
 
 __all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "TrainingError", "TrainingDiverged",
            "KILL_ENV"]
 
-KILL_ENV = "SINET_TRAIN_KILL_AT"
-KILL_POINTS = ("batch", "last", "best", "commit", "publish")
 
 
 class _CoupledL2(PerVariableLearningRate):
@@ -194,17 +193,6 @@ def _atomic_text(path: Path, text: str):
     write_atomic(text.encode(), path)
 
 
-def _kill_point() -> tuple[str, int] | None:
-    """``SINET_TRAIN_KILL_AT=POINT:EPOCH`` (see the module docstring), or None."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return None
-    point, _, epoch = spec.partition(":")
-    if point not in KILL_POINTS or not epoch.isdigit():
-        raise TrainingError(f"{KILL_ENV}={spec!r}: expected POINT:EPOCH with POINT one of {', '.join(KILL_POINTS)}")
-    return point, int(epoch)
-
-
 def _non_finite(model) -> str | None:
     """The path of the first weight of ``model`` holding NaN or inf, or None."""
     for var in model.weights:
@@ -266,7 +254,7 @@ class _RunState(keras.callbacks.Callback):
         self.average = average     # best.keras gets the averaged weights that validation scored
         self.stage_dir = run_dir / stage.name
         self.diverged: str | None = None
-        self._kill = _kill_point()
+        self._kill = kill_point()
         self._epoch = 0
         self._t0 = time.perf_counter()
 
@@ -522,7 +510,7 @@ def train(config: TrainConfig, output_dir: str | Path, resume: bool = False, ver
           log=print, extra_callbacks=()) -> dict:
     """Run every stage of ``config``; returns a summary (per stage: epochs, best val person IoU,
     wall time, training images/s, paths)."""
-    _kill_point()   # a malformed fault-injection value fails before anything runs
+    kill_point()   # a malformed fault-injection value fails before anything runs
     run_dir = Path(output_dir)
     state_path = check_run_folder(run_dir, resume)
     config_dict = config.to_dict()
