@@ -47,8 +47,9 @@ def letterbox(image: np.ndarray, size: tuple[int, int], fill: float = LETTERBOX_
 class Segmenter:
     """A model ready to segment RGB photos.
 
-    ``source`` is a ``.keras`` or ``.tflite`` file, or a registered model name (with
-    ``weights``: an official ``.npz``/``.pth`` checkpoint, or a ``.weights.h5`` file).
+    ``source`` is a ``.keras`` or ``.tflite`` file, a registered model name (with
+    ``weights``: an official ``.npz``/``.pth`` checkpoint, or a ``.weights.h5`` file), or a
+    Keras model already in memory.
     Photos are resized to the model's input (as the papers evaluate, and as
     ``sinet evaluate`` does), and the person probability is resized back. With
     ``keep_aspect=True`` (what ``sinet predict`` uses) a photo of another aspect ratio is
@@ -57,16 +58,25 @@ class Segmenter:
     squashed or stretched.
     """
 
-    def __init__(self, source: str | os.PathLike, weights: str | os.PathLike | None = None,
-                 keep_aspect: bool = False):
-        self.source = str(source)
+    def __init__(self, source, weights: str | os.PathLike | None = None, keep_aspect: bool = False):
         self.keep_aspect = bool(keep_aspect)
         self._tflite = None
         self._keras = None
         self._keras_fn = None
         self.output_kind = "logits"
-        suffix = Path(self.source).suffix.lower()
-        if suffix == ".tflite":
+        if not isinstance(source, (str, os.PathLike)):
+            import keras
+
+            if not isinstance(source, keras.Model):
+                raise TypeError(f"Segmenter takes a model file, a registered name or a keras.Model, "
+                                f"not {type(source).__name__}")
+            if weights is not None:
+                raise ValueError(f"weights= applies to a registered model name, not to the Keras model {source.name!r}")
+            self.source = source.name
+            self._keras = source
+        else:
+            self.source = str(source)
+        if self._keras is None and Path(self.source).suffix.lower() == ".tflite":
             if weights is not None:
                 raise ValueError(f"--weights applies to Keras models, not to {self.source}")
             self._tflite = TFLiteRunner(self.source)
@@ -77,7 +87,8 @@ class Segmenter:
             self.output_kind = self._tflite.output_kind
             shape = self._tflite.input_shape
         else:
-            self._keras = load_model(self.source, weights)
+            if self._keras is None:
+                self._keras = load_model(self.source, weights)
             shape = tuple(self._keras.inputs[0].shape)
         self.input_size = (int(shape[1]), int(shape[2]))
 

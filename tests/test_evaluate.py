@@ -32,6 +32,26 @@ def test_person_iou_matches_an_independent_computation(official, humanseg, tmp_p
     assert result["person_iou"] == pytest.approx(np.mean(ious), abs=1e-9)
 
 
+def test_a_keras_model_in_memory_segments_as_its_file_does(official, official_outputs, humanseg, sinet_checkpoint,
+                                                          tmp_path):
+    """``Segmenter(keras.Model)`` (what the exporter's parity reference uses, without a save and
+    reload): the official logits on the official reference photo, and the same masks as the
+    registry route; a wrong source or weights= with a model are one-line errors."""
+    from sinet_tf.loading import load_model
+
+    model = load_model("sinet", sinet_checkpoint)
+    in_memory = Segmenter(model)
+    rgb = official_outputs["image_bgr_uint8_224"][..., ::-1].astype(np.float32)   # [1, 224, 224, 3]
+    np.testing.assert_allclose(in_memory.logits(rgb), official_outputs["sinet_real_output"], atol=1e-4)
+    photo = cv2.cvtColor(cv2.imread(str(humanseg / "images" / "5.jpg")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(in_memory.mask(photo), official.mask(photo))
+    assert in_memory.input_size == (224, 224) and in_memory.source == model.name
+    with pytest.raises(TypeError, match="a model file, a registered name or a keras.Model, not int"):
+        Segmenter(3)
+    with pytest.raises(ValueError, match="weights= applies to a registered model name"):
+        Segmenter(model, weights=tmp_path / "w.npz")
+
+
 # The official PyTorch models' person IoU on all 290 humanseg290 photos (224x224, argmax /
 # logit > 0, mask resized back to the photo, mean over photos): ../shared/reference/README.md.
 # That figure is over the whole folder, so the comparison is too (not over the 60 val photos).

@@ -62,7 +62,6 @@ smallest drop, and the gate refuses it unless told otherwise.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -320,23 +319,9 @@ def score_tflite(parity: ParityImages, data: bytes, folder: Path, name: str) -> 
     return parity.score(Segmenter(path))
 
 
-def score_keras(parity: ParityImages, model, folder: Path | None = None) -> None:
+def score_keras(parity: ParityImages, model) -> None:
     """Make ``model`` (a Keras model with a logits output) the parity reference."""
-    with tempfile.TemporaryDirectory() if folder is None else _nullcontext(folder) as tmp:
-        path = Path(tmp) / "reference.keras"
-        model.save(path)
-        parity.set_reference(Segmenter(path))
-
-
-class _nullcontext:
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        return self.value
-
-    def __exit__(self, *exc):
-        return False
+    parity.set_reference(Segmenter(model))
 
 
 # --------------------------------------------------------------------------- candidates

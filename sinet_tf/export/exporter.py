@@ -419,7 +419,7 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sinet_export_") as tmp:
         if parity_set is not None:
-            score_keras(parity_set, base, Path(tmp))
+            score_keras(parity_set, base)
         if quantize == "int8":
             say(f"int8: trying {len(estimators) * len(settings)} calibration(s) on {len(images)} calibration images, "
                 f"parity on {parity_set.description} (Keras person IoU {parity_set.reference_iou:.4f})")
