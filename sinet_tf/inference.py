@@ -64,7 +64,8 @@ class Segmenter:
         self._keras = None
         self._keras_fn = None
         self.output_kind = "logits"
-        if not isinstance(source, (str, os.PathLike)):
+        in_memory = not isinstance(source, (str, os.PathLike))
+        if in_memory:
             import keras
 
             if not isinstance(source, keras.Model):
@@ -72,11 +73,8 @@ class Segmenter:
                                 f"not {type(source).__name__}")
             if weights is not None:
                 raise ValueError(f"weights= applies to a registered model name, not to the Keras model {source.name!r}")
-            self.source = source.name
-            self._keras = source
-        else:
-            self.source = str(source)
-        if self._keras is None and Path(self.source).suffix.lower() == ".tflite":
+        self.source = source.name if in_memory else str(source)
+        if not in_memory and Path(self.source).suffix.lower() == ".tflite":
             if weights is not None:
                 raise ValueError(f"--weights applies to Keras models, not to {self.source}")
             self._tflite = TFLiteRunner(self.source)
@@ -87,8 +85,7 @@ class Segmenter:
             self.output_kind = self._tflite.output_kind
             shape = self._tflite.input_shape
         else:
-            if self._keras is None:
-                self._keras = load_model(self.source, weights)
+            self._keras = source if in_memory else load_model(self.source, weights)
             shape = tuple(self._keras.inputs[0].shape)
         self.input_size = (int(shape[1]), int(shape[2]))
 

@@ -75,7 +75,6 @@ __all__ = ["AdamL2", "SGDL2", "make_strategy", "transfer_weights", "train", "Tra
            "KILL_ENV"]
 
 
-
 class _CoupledL2(PerVariableLearningRate):
     """*Coupled* L2 weight decay, ``g <- g + l2 * w``, for a Keras optimizer: variables whose
     path contains one of ``l2_exclude`` (default: depthwise kernels) are not decayed. The
