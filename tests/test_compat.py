@@ -28,14 +28,21 @@ def test_freeze_concrete_function_folds_variables():
     np.testing.assert_allclose(frozen(tf.constant(x))[0], model(x), atol=1e-6)
 
 
-def test_converter_from_frozen_function_converts():
+def test_converter_from_frozen_function_converts_the_graph_as_the_converter_would():
+    """Handing the converter the frozen graph (no second freezing) gives the same file
+    as letting it freeze the function again; a function that still reads variables is
+    refused."""
     import tensorflow as tf
 
     model = _tiny_model()
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec((1, 8, 8, 3), tf.float32))
-    data = compat.converter_from_frozen_function(compat.freeze_concrete_function(concrete)).convert()
+    frozen = compat.freeze_concrete_function(concrete)
+    data = compat.converter_from_frozen_function(frozen).convert()
     assert data[4:8] == b"TFL3"
+    assert data == tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
+    with pytest.raises(ValueError, match="captures"):
+        compat.converter_from_frozen_function(concrete)
 
 
 def _calibrated(model, images):

@@ -3,13 +3,16 @@
 ``TFLiteConverter.from_keras_model`` on a Keras 3 model writes a SavedModel first (Keras'
 ``ExportArchive``: every variable saved, the call traced several times, the SavedModel read
 back), which is most of the conversion time (timings in the commit history and
-``benchmarks/results``). Here the model is traced once at its static batch-1 input, its variables are folded to
-constants (:func:`sinet_tf.compat.freeze_concrete_function`), and that graph is converted. The converter
-sees the same computation with the weights already constant, so it produces the same ops
-and the same numbers (the same file up to tensor names, float32 and int8 alike, checked in
-the tests) in about a quarter of the time. Folding the variables first is what keeps
-``from_concrete_functions`` usable with Keras 3 models: without it the variables would stay
-resource reads that break int8 calibration.
+``benchmarks/results``). Here the model is traced once at its static batch-1 input with
+every variable read as a constant of its current value (``keras.StatelessScope``), so the
+traced graph already is the frozen graph, and that graph is converted as it is
+(:func:`sinet_tf.compat.converter_from_frozen_function`; no variable folding and no
+rebuilding of the function from its GraphDef, by us or by the converter). The converter
+sees the same computation with the weights constant, so it produces the same ops and the
+same numbers as the Keras route (the same file up to tensor names, float32 and int8
+alike, checked in the tests) in a fraction of the time. Constant weights are also what
+keeps ``from_concrete_functions`` usable with Keras 3 models: left as variables they would
+stay resource reads that break int8 calibration.
 
 The converted file gets back the ``serving_default`` signature that the SavedModel route
 writes (inputs named like the Keras inputs, outputs ``output_0``, ...), so
@@ -18,6 +21,9 @@ writes (inputs named like the Keras inputs, outputs ``output_0``, ...), so
 
 from __future__ import annotations
 
+import re
+
+import keras
 import tensorflow as tf
 
 from sinet_tf.compat import converter_from_frozen_function, freeze_concrete_function
@@ -39,12 +45,23 @@ def frozen_graph_converter(model):
                              "conversion needs a fixed height and width (build the model with input_shape=(H, W, 3))")
         specs.append(tf.TensorSpec(shape, t.dtype, name=name))
     single = len(specs) == 1
+    variables = list(model.variables)
+    values = [v.numpy() for v in variables]
 
     def infer(*inputs):
-        return model(inputs[0] if single else list(inputs), training=False)
+        # each weight a Const node named after its variable (what a viewer such as Netron shows)
+        constants = [tf.constant(a, name=_const_name(v.path)) for v, a in zip(variables, values)]
+        with keras.StatelessScope(state_mapping=list(zip(variables, constants))):
+            return model(inputs[0] if single else list(inputs), training=False)
 
     concrete = tf.function(infer).get_concrete_function(*specs)
-    return converter_from_frozen_function(freeze_concrete_function(concrete))
+    if concrete.graph.captures:  # state Keras does not track as a model variable: fold whatever was read
+        concrete = freeze_concrete_function(concrete)
+    return converter_from_frozen_function(concrete)
+
+
+def _const_name(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-/]", "_", path).lstrip("_./-") or "weight"
 
 
 def input_names(model) -> list[str]:
