@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sinet_tf.loading import load_model
 from sinet_tf.runtime.heads import person_probability_from_output
 from sinet_tf.runtime.interpreter import TFLiteRunner
 
@@ -85,6 +84,8 @@ class Segmenter:
             self.output_kind = self._tflite.output_kind
             shape = self._tflite.input_shape
         else:
+            from sinet_tf.loading import load_model   # Keras (and TensorFlow) only for a Keras model
+
             self._keras = source if in_memory else load_model(self.source, weights)
             shape = tuple(self._keras.inputs[0].shape)
         self.input_size = (int(shape[1]), int(shape[2]))

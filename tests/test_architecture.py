@@ -1,7 +1,8 @@
 """The floor plan of ``sinet_tf`` (ARCHITECTURE.md): no import circle, every import goes down
 a floor (or stays inside its own package), and the ``sinet`` command starts without
-TensorFlow for ``--help`` and ``check-gpu`` (and refuses a repeated ``train``, or one with a
-malformed environment, without it)."""
+TensorFlow for ``--help`` and ``check-gpu``, runs ``predict``, ``evaluate`` and ``bench`` on
+a ``.tflite`` file without it (and refuses a repeated ``train``, or one with a malformed
+environment, without it)."""
 
 import ast
 import subprocess
@@ -141,6 +142,29 @@ def test_sinet_help_and_check_gpu_start_without_tensorflow():
                  "import sinet_tf.export.gpu_compat, sinet_tf.runtime\n"
                  "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     assert out == "[]"
+
+
+def test_tflite_commands_run_without_tensorflow(tmp_path, humanseg):
+    """`sinet predict`, `evaluate` and `bench` on a .tflite file run on LiteRT, NumPy and
+    OpenCV alone: TensorFlow (seconds to import) is never loaded."""
+    import keras
+
+    from sinet_tf.export.quantize import convert
+
+    x = keras.Input((32, 32, 3), batch_size=1, name="image")
+    model = keras.Model(x, keras.layers.Conv2D(2, 1, name="classifier")(x))
+    (tmp_path / "m.tflite").write_bytes(convert(model, "none"))
+    commands = [["predict", "m.tflite", str(humanseg / "images" / "1.jpg"), "-o", "masks"],
+                ["evaluate", "m.tflite", "--data", "synthetic:3", "--json"],
+                ["bench", "m.tflite", "--runs", "2", "--warmup", "0", "--no-memory", "--json"]]
+    out = _fresh("import sys, contextlib, io, os\n"
+                 "from sinet_tf import cli\n"
+                 f"os.chdir({str(tmp_path)!r})\n"
+                 "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+                 f"    codes = [cli.main(c) for c in {commands!r}]\n"
+                 "print(codes, sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    assert out == "[0, 0, 0] []", out
+    assert (tmp_path / "masks" / "1_mask.png").is_file()
 
 
 PRIVATE_MARKERS = ("tensorflow.python", "tensorflow.lite.python", "tensorflow.compiler", "keras.src",

@@ -1,29 +1,13 @@
-"""Segmentation metrics: a NumPy/OpenCV evaluation accumulator and a Keras ``PersonIoU``.
-
-Conventions: predictions and labels are integer label maps (class 1 = person) and label
-pixels equal to ``ignore_index`` (default 255) are skipped by every metric.
-
-* :class:`SegmentationMetrics` - the evaluation path, images of any size, NumPy/OpenCV.
-* :class:`PersonIoU` - a :class:`keras.metrics.Metric` for ``model.fit`` validation, taking
-  logits; equals ``SegmentationMetrics(...).result()["person_iou"]`` on the same data.
-
-For a confusion-matrix mIoU inside Keras use ``keras.metrics.MeanIoU(num_classes,
-ignore_class=255, sparse_y_true=True, sparse_y_pred=False)``: Keras 3's ``MeanIoU`` accepts
-``ignore_class`` and then drops those label pixels; it needs C >= 2 logits/probabilities
-(argmax) and, unlike ``PersonIoU``, accumulates one dataset-level confusion matrix.
-"""
+"""The evaluation metrics in NumPy/OpenCV, images of any size (conventions:
+:mod:`sinet_tf.metrics`)."""
 
 from __future__ import annotations
 
 import cv2
-import keras
 import numpy as np
-import tensorflow as tf
 
-__all__ = ["SegmentationMetrics", "PersonIoU", "mask_boundary", "boundary_f_score",
-           "person_iou"]
+__all__ = ["SegmentationMetrics", "mask_boundary", "boundary_f_score", "person_iou"]
 
-_PACKAGE = "sinet_tf"
 _KERNEL3 = np.ones((3, 3), np.uint8)
 
 
@@ -177,63 +161,3 @@ class SegmentationMetrics:
             "per_image_iou": list(self.per_image_iou),
             "per_image_boundary_f": list(self.per_image_boundary_f),
         }
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class PersonIoU(keras.metrics.Metric):
-    """Mean over examples of the per-example IoU of the person class, from logits.
-
-    Prediction: ``argmax(z) == 1`` (C >= 2) or ``z > 0`` (C == 1); label pixels equal to
-    ``ignore_index`` are skipped; an example where prediction and truth are both empty
-    counts 1.0.  State: ``total`` (sum of IoUs) and ``count`` (examples), both updated with
-    ``assign_add`` and summed across replicas, so it works under ``tf.distribute``
-    (``MirroredStrategy``) and equals ``SegmentationMetrics.person_iou`` on the same data.
-    ``sample_weight`` (optional, ``[B]``) weights examples.
-    """
-
-    def __init__(self, name="person_iou", ignore_index=255, dtype="float32"):
-        super().__init__(name=name, dtype=dtype)
-        self.ignore_index = int(ignore_index)
-        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32",
-                                       name="total", aggregation="sum")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32",
-                                       name="count", aggregation="sum")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y = tf.convert_to_tensor(y_true)
-        if y.shape.rank == 4 and y.shape[-1] == 1:
-            y = tf.squeeze(y, -1)
-        if y.dtype.is_floating:
-            y = tf.round(y)
-        y = tf.cast(y, tf.int32)
-        z = tf.convert_to_tensor(y_pred)
-        if z.shape.rank == 3:
-            z = z[..., None]
-        ys, zs = y.shape[1:3], z.shape[1:3]
-        if all(d is not None for d in list(ys) + list(zs)) and tuple(ys) != tuple(zs):
-            raise ValueError(f"spatial shape mismatch: labels {tuple(ys)} vs logits {tuple(zs)}")
-        if z.shape[-1] == 1:
-            pred = z[..., 0] > 0
-        else:
-            pred = tf.equal(tf.argmax(z, axis=-1, output_type=tf.int32), 1)
-        valid = tf.not_equal(y, self.ignore_index)
-        pred = tf.logical_and(pred, valid)
-        true = tf.logical_and(tf.equal(y, 1), valid)
-        inter = tf.reduce_sum(tf.cast(tf.logical_and(pred, true), tf.float32), axis=[1, 2])
-        union = tf.reduce_sum(tf.cast(tf.logical_or(pred, true), tf.float32), axis=[1, 2])
-        iou = tf.where(union > 0, tf.math.divide_no_nan(inter, union), tf.ones_like(union))
-        if sample_weight is not None:
-            w = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-            w = tf.broadcast_to(w, tf.shape(iou))
-            self.total.assign_add(tf.reduce_sum(iou * w))
-            self.count.assign_add(tf.reduce_sum(w))
-        else:
-            self.total.assign_add(tf.reduce_sum(iou))
-            self.count.assign_add(tf.cast(tf.shape(iou)[0], tf.float32))
-
-    def result(self):
-        return tf.math.divide_no_nan(tf.convert_to_tensor(self.total),
-                                     tf.convert_to_tensor(self.count))
-
-    def get_config(self):
-        return {**super().get_config(), "ignore_index": self.ignore_index}
