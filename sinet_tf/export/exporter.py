@@ -291,7 +291,9 @@ def _calibration_candidates(model, images, io, parity, estimators, settings, fol
     candidates = []
     names = input_names(model)
     t0 = time.perf_counter()
-    rewritten = int8_friendly_variants(model, [images[:EQUALIZATION_IMAGES] if eq else None for eq in settings])
+    # converted and run only, never trained: the rewritten models may share layers with model
+    rewritten = int8_friendly_variants(model, [images[:EQUALIZATION_IMAGES] if eq else None for eq in settings],
+                                       copy=False)
     say(f"rewritten for int8 ({', '.join('with' if eq else 'without' for eq in settings)} equalization) in "
         f"{time.perf_counter() - t0:.0f} s")
     for equalize, friendly in zip(settings, rewritten):
@@ -466,7 +468,7 @@ def export_tflite(source, output, weights=None, quantize: str = "none", io: str 
             with progress_bar(f"converting to {quantize if quantize != 'none' else 'float32'} .tflite", None,
                               progress):
                 # float32 / fp16 / dynamic: the float pass list (sinet_tf.export.rewrite), same function
-                data = convert(float_friendly(model), quantize, io)
+                data = convert(float_friendly(model, copy=False), quantize, io)
         seconds = time.perf_counter() - t0
         contents = inspect_tflite(data, quantize)
         if contents.problems:

@@ -63,8 +63,11 @@ def layer_errors(model, data: bytes, images) -> list[LayerError]:
     (``[N, H, W, 3]`` at the model's input), in graph order."""
     import keras
 
-    from sinet_tf.export.passes.graph import read_graph
+    from sinet_tf.export.passes.graph import copy_model, read_graph
 
+    # the probe reads layer.output: a copy owns its layers (the exporter's rewritten models may
+    # share theirs with the model they were rewritten from, whose graph layer.output would be)
+    model = copy_model(model)
     interpreter = make_interpreter(data, xnnpack=False, keep_all_tensors=True)
     producer_of = tensors_by_layer(interpreter)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}

@@ -240,25 +240,29 @@ def int8_friendly(model: keras.Model, prelu_mode="auto", images=None, passes: It
     return _rewrite(model, "int8", passes, images, prelu_mode, equalization)
 
 
-def int8_friendly_variants(model: keras.Model, image_sets, prelu_mode="auto", **equalization) -> list[keras.Model]:
+def int8_friendly_variants(model: keras.Model, image_sets, prelu_mode="auto", copy: bool = True,
+                           **equalization) -> list[keras.Model]:
     """``[int8_friendly(model, prelu_mode, images=s, **equalization) for s in image_sets]``
     (``None`` in ``image_sets``: no equalization), with the passes before ``equalize`` run
     once for all of them: each pass is a function of the model it is given, so the results
     are the same models, and an export that tries both settings rebuilds the graph half as
-    often."""
+    often. ``copy=False``: the results may share their unchanged layers with ``model``
+    (:func:`~sinet_tf.export.passes.graph.sharing_unchanged_layers`; for models that are
+    only run or converted, never trained or changed, e.g. by the exporter)."""
     names = passes_for("int8")
     cut = names.index("equalize") if "equalize" in names else len(names)
     # the shared prefix is an intermediate model too: each variant's result is the copy
     base = _rewrite(model, "int8", names[:cut], None, prelu_mode, {}, final_copy=False) if cut else model
     return [_rewrite(base, "int8", [n for n in names[cut:] if images is not None or n != "equalize"], images,
-                     prelu_mode, equalization) for images in image_sets]
+                     prelu_mode, equalization, final_copy=copy) for images in image_sets]
 
 
-def float_friendly(model: keras.Model, passes: Iterable[str] | None = None) -> keras.Model:
+def float_friendly(model: keras.Model, passes: Iterable[str] | None = None, copy: bool = True) -> keras.Model:
     """A copy of ``model`` with the float list of rewrite passes applied (the passes whose
     modes include ``"float"``; same function), or only those named in ``passes``: what
-    float32, fp16 and dynamic-range exports convert."""
-    return _rewrite(model, "float", passes, None, "auto", {})
+    float32, fp16 and dynamic-range exports convert. ``copy=False``: as in
+    :func:`int8_friendly_variants`."""
+    return _rewrite(model, "float", passes, None, "auto", {}, final_copy=copy)
 
 
 def rewrite_for_export(model: keras.Model, quantize: str, images=None, **options) -> keras.Model:
