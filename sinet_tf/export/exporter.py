@@ -217,13 +217,26 @@ def _parity(model, runner, head, images, progress: bool | None = False) -> dict:
     return out
 
 
+def _keras_outputs(model, images, chunk: int = 4) -> list[np.ndarray]:
+    """The Keras model's output for each image (inference mode), each ``[1, ...]``. A model
+    with a free batch dimension runs eagerly, ``chunk`` images per call: for the few images
+    of a parity check that costs a third of tracing it (SINet: 0.7 s against 2 s for 12
+    images); a model with a fixed batch dimension is traced and run one image at a time."""
+    if model.inputs[0].shape[0] is None:
+        out = []
+        for i in range(0, len(images), chunk):
+            y = np.asarray(model(np.asarray(images[i:i + chunk], np.float32), training=False), np.float32)
+            out.extend(y[j:j + 1] for j in range(len(y)))
+        return out
+    fn = tf.function(lambda x: model(x, training=False), autograph=False)
+    return [np.asarray(fn(np.asarray(x, np.float32)[None]), np.float32) for x in images]
+
+
 def _max_differences(model, runner, head, images) -> dict:
     """Keras (same head) against TFLite on the given model inputs: max |difference| of the
     output and of the person probability, mean |difference| of the probability."""
-    fn = tf.function(lambda x: model(x, training=False))
     diffs, pdiffs, means = [], [], []
-    for x in images:
-        y_k = np.asarray(fn(x[None]), dtype=np.float32)
+    for x, y_k in zip(images, _keras_outputs(model, images)):
         y_l = runner(x[None])
         diffs.append(float(np.abs(y_k - y_l).max()))
         pk, pl = person_probability_from_output(y_k, head)[0], person_probability_from_output(y_l, head)[0]
