@@ -73,7 +73,7 @@ from sinet_tf.export.quantize import ExportError
 from sinet_tf.inference import Segmenter, resize_to_input
 from sinet_tf.metrics import SegmentationMetrics, person_iou
 from sinet_tf.runtime.interpreter import make_interpreter
-from sinet_tf.runtime.model_file import pack_model, parse_model
+from sinet_tf.runtime.model_file import pack_model, parse_model, read_model
 
 __all__ = ["DEFAULT_MAX_DROP", "ESTIMATORS", "PERCENTILE", "PREFERENCE", "SIGNIFICANCE", "CalibrationStatistics", "Candidate", "Int8GateError",
            "ParityImages", "collect_statistics", "estimate_ranges", "candidate_name", "parse_candidate_name", "rank",
@@ -143,7 +143,7 @@ def collect_statistics(calibrated: bytes, images, progress: Callable[[int, int],
     estimator needs (TFLite's min/max, ``lo``/``hi``, cover all calibration images)."""
     if len(images) > max_images:
         images = [images[int(i)] for i in np.linspace(0, len(images) - 1, max_images).round()]
-    model = parse_model(calibrated)
+    model = read_model(calibrated)
     sub = model.subgraphs[0]
     indices = _range_tensors(model)
     lo = np.array([min(float(sub.tensors[i].quantization.min[0]), 0.0) for i in indices], np.float64)

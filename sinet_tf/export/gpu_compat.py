@@ -74,7 +74,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from sinet_tf.runtime.model_file import op_name, parse_model, read_tflite, type_name
+from sinet_tf.runtime.model_file import op_name, read_model, read_tflite, type_name
 from sinet_tf.runtime.model_file import schema as _schema
 
 __all__ = [
@@ -1486,7 +1486,7 @@ def check_gpu_compatibility(
     ``TfLiteGpuDelegateOptionsV2Default``).
     """
     buf, label = _read_model(model)
-    fb = parse_model(buf, label)
+    fb = read_model(buf, label)
     verdicts: list[OpVerdict] = []
     for sg_index, subgraph in enumerate(fb.subgraphs):
         sigs: list[_OpSig] = []

@@ -47,6 +47,7 @@ from sinet_tf.runtime.model_file import (
     pack_model,
     parse_model,
     read_contents,
+    read_model,
 )
 
 __all__ = ["CALIBRATION_RANGES", "QUANTIZE_MODES", "IO_TYPES", "ExportError", "TFLiteContents", "average_ranges",
@@ -81,7 +82,7 @@ def inspect_tflite(data: bytes, quantize: str = "none") -> TFLiteContents:
         if any(s <= 0 for s in d["shape"]):
             problems.append(f"tensor {d['name']!r} has a dynamic shape {d['shape']}")
     if quantize == "int8":
-        model = parse_model(data)
+        model = read_model(data)
         sub = model.subgraphs[0]
         floating = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16)
         for op, op_t in zip(contents.ops, sub.operators):

@@ -10,7 +10,8 @@ looks inside a ``.tflite`` file (export checks, the GPU-delegate rules, the per-
 from __future__ import annotations
 
 import os
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 __all__ = ["TFLiteContents", "count_weight_params", "input_range", "io_details", "is_constant", "op_name",
-           "output_kind", "pack_model", "parse_model", "read_contents", "read_tflite", "schema", "type_name"]
+           "output_kind", "pack_model", "parse_model", "read_contents", "read_model", "read_tflite", "schema",
+           "type_name"]
 
 FILE_IDENTIFIER = b"TFL3"
 
@@ -53,6 +55,30 @@ def parse_model(data: bytes, label: str = "<bytes>") -> schema.ModelT:
         raise ValueError(f"{label}: cannot parse the TFLite flatbuffer ({type(e).__name__}: {e})") from e
     if not model.subgraphs:
         raise ValueError(f"{label}: contains no subgraph")
+    return model
+
+
+_SHARED_MODELS: OrderedDict[bytes, schema.ModelT] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+_SHARED_KEEP = 4
+
+
+def read_model(data: bytes, label: str = "<bytes>") -> schema.ModelT:
+    """:func:`parse_model` for reading only: the object-API model of the last few distinct
+    files read is kept and handed out again (parsing SINet's 0.4 MB takes 0.1-0.2 s, and an
+    export reads its file a dozen times: its checks, each runner's output kind, the GPU
+    rules). The model is shared: do not modify it (edit a :func:`parse_model` copy)."""
+    data = bytes(data)
+    with _SHARED_LOCK:
+        model = _SHARED_MODELS.get(data)
+        if model is not None:
+            _SHARED_MODELS.move_to_end(data)
+            return model
+    model = parse_model(data, label)
+    with _SHARED_LOCK:
+        _SHARED_MODELS[data] = model
+        while len(_SHARED_MODELS) > _SHARED_KEEP:
+            _SHARED_MODELS.popitem(last=False)
     return model
 
 
@@ -125,7 +151,7 @@ class TFLiteContents:
 
 
 def read_contents(data: bytes, label: str = "<bytes>") -> TFLiteContents:
-    model = parse_model(data, label)
+    model = read_model(data, label)
     sub = model.subgraphs[0]
     return TFLiteContents(ops=[op_name(model, op.opcodeIndex) for op in sub.operators],
                           inputs=io_details(sub, sub.inputs), outputs=io_details(sub, sub.outputs),
@@ -169,7 +195,7 @@ def output_kind(data: bytes) -> str:
     block classifier, or a channel-picking CONV_2D after a SOFTMAX), or from a MINIMUM with
     a constant 1 (a matte clipped to [0, 1], as the guided refinement of ``sinet export
     --refine guided`` ends), else ``logits``."""
-    model = parse_model(data)
+    model = read_model(data)
     sub = model.subgraphs[0]
     producer = {int(t): op for op in sub.operators for t in op.outputs}
     tensor, conv_seen = int(sub.outputs[0]), False
@@ -202,7 +228,7 @@ def count_weight_params(data: bytes) -> int:
     as a dense CONV_2D counts its zero blocks). int32/int64 constants count only as a
     convolution's bias (elsewhere they are shapes, axes, paddings). In a float16 model the
     fp16 weights count (what DEQUANTIZE makes of them at load is not a constant)."""
-    model = parse_model(data)
+    model = read_model(data)
     sub = model.subgraphs[0]
     integer = {schema.TensorType.INT32, schema.TensorType.INT64}
     counted, total = set(), 0
