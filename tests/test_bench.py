@@ -308,3 +308,18 @@ def test_input_range_that_does_not_fit_an_integer_input_is_refused(tiny, capsys)
     code = main(["bench", str(tiny.int8), "--input-range", "0,255", "--runs", "1", "--warmup", "0", "--no-memory",
                  "--json"])
     assert code == 0
+
+
+def test_readers_share_one_parse_and_editors_get_their_own(tiny):
+    """read_model: the same bytes give the same parsed model (a file is parsed once for all
+    its readers), another file another one; parse_model always gives a fresh copy to edit."""
+    from sinet_tf.runtime.model_file import parse_model, read_model
+
+    data = tiny.small.read_bytes()
+    shared = read_model(data)
+    assert read_model(bytes(bytearray(data))) is shared
+    assert read_model(tiny.int8.read_bytes()) is not shared
+    copy = parse_model(data)
+    assert copy is not shared and copy is not parse_model(data)
+    copy.subgraphs[0].tensors[0].name = b"edited"
+    assert read_model(data).subgraphs[0].tensors[0].name != b"edited"
