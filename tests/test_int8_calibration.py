@@ -1,11 +1,8 @@
 """int8 calibration chosen by measurement and the parity gate: the range estimators against
 NumPy, a model with a constructed outlier activation (one pixel of one calibration photo),
-the gate's exit code from the command line in a fresh process, and bad input."""
+the gate's exit code and one-line refusal from the command's entry point, and bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -139,20 +136,16 @@ def test_outlier_activation_is_clipped_by_the_chosen_calibration(outlier):
     assert keras_iou > 0.99 and abs(keras_iou - int8_iou) <= 0.01
 
 
-def _sinet(*args, cwd):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "sinet_tf.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
-
-
-def test_gate_refuses_with_its_own_exit_code_and_names_the_layer(outlier, tmp_path):
+def test_gate_refuses_with_its_own_exit_code_and_names_the_layer(outlier, tmp_path, capsys):
     out = tmp_path / "minmax.tflite"
     args = ["export", outlier["keras"], "-o", out, "--quantize", "int8", "--calibration-data", outlier["data"],
             "--num-calibration", "16", "--num-parity", "16", "--int8-ranges", "minmax", "--no-equalize"]
-    run = _sinet(*args, cwd=tmp_path)
-    assert run.returncode == 7, run.stderr[-2000:]
-    refusal = [line for line in run.stderr.splitlines() if line.startswith("sinet export: int8 refused")]
-    assert len(refusal) == 1, run.stderr[-2000:]
+    capsys.readouterr()
+    code = main([*map(str, args)])   # the exit code of the sinet command (sys.exit(main()))
+    stderr = capsys.readouterr().err
+    assert code == 7, stderr[-2000:]
+    refusal = [line for line in stderr.splitlines() if line.startswith("sinet export: int8 refused")]
+    assert len(refusal) == 1, stderr[-2000:]
     assert "loses 1.0000 person IoU" in refusal[0] and "--max-drop 0.01" in refusal[0]
     assert "features" in refusal[0].split("lose most:")[1] and "--allow-drop" in refusal[0]
     assert not out.exists() and not out.with_suffix(".json").exists()
