@@ -1,8 +1,8 @@
 """Backend 'imgaug' of PortraitNet's augmentation.
 
-imgaug 0.4.0 imports only with numpy<2, so `.ci/run` runs this file a second time in its
-own environment (`pip install ".[imgaug]"`); in the main environment only the install hint
-is checked.
+imgaug 0.4.0 imports only with numpy<2, so the README's test command runs this file a second
+time in its own environment (`tests/imgaug_env.sh`: the main environment's packages plus
+`pip install ".[imgaug]"`); in the main environment only the install hint is checked.
 """
 
 import numpy as np
