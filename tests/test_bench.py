@@ -310,9 +310,11 @@ def test_input_range_that_does_not_fit_an_integer_input_is_refused(tiny, capsys)
     assert code == 0
 
 
-def test_readers_share_one_parse_and_editors_get_their_own(tiny):
+def test_readers_share_one_parse_and_editors_get_their_own(tiny, monkeypatch):
     """read_model: the same bytes give the same parsed model (a file is parsed once for all
-    its readers), another file another one; parse_model always gives a fresh copy to edit."""
+    its readers), another file another one, and a file over the kept bytes is not kept;
+    parse_model always gives a fresh copy to edit."""
+    import sinet_tf.runtime.model_file as model_file
     from sinet_tf.runtime.model_file import parse_model, read_model
 
     data = tiny.small.read_bytes()
@@ -323,3 +325,7 @@ def test_readers_share_one_parse_and_editors_get_their_own(tiny):
     assert copy is not shared and copy is not parse_model(data)
     copy.subgraphs[0].tensors[0].name = b"edited"
     assert read_model(data).subgraphs[0].tensors[0].name != b"edited"
+    with monkeypatch.context() as m:
+        m.setattr(model_file, "_SHARED_MAX_BYTES", len(data) - 1)
+        big = tiny.wide.read_bytes()
+        assert len(big) > len(data) and read_model(big) is not read_model(big)

@@ -60,14 +60,16 @@ def parse_model(data: bytes, label: str = "<bytes>") -> schema.ModelT:
 
 _SHARED_MODELS: OrderedDict[bytes, schema.ModelT] = OrderedDict()
 _SHARED_LOCK = threading.Lock()
-_SHARED_KEEP = 4
+_SHARED_KEEP = 4                 # files
+_SHARED_MAX_BYTES = 64 << 20     # of file bytes in all (a parsed model holds about as much again)
 
 
 def read_model(data: bytes, label: str = "<bytes>") -> schema.ModelT:
     """:func:`parse_model` for reading only: the object-API model of the last few distinct
-    files read is kept and handed out again (parsing SINet's 0.4 MB takes 0.1-0.2 s, and an
-    export reads its file a dozen times: its checks, each runner's output kind, the GPU
-    rules). The model is shared: do not modify it (edit a :func:`parse_model` copy)."""
+    files read (at most four, 64 MB of files in all; a larger file is parsed every time) is
+    kept and handed out again (parsing SINet's 0.4 MB takes 0.1-0.2 s, and an export reads
+    its file a dozen times: its checks, each runner's output kind, the GPU rules). The model
+    is shared: do not modify it (edit a :func:`parse_model` copy)."""
     data = bytes(data)
     with _SHARED_LOCK:
         model = _SHARED_MODELS.get(data)
@@ -75,10 +77,12 @@ def read_model(data: bytes, label: str = "<bytes>") -> schema.ModelT:
             _SHARED_MODELS.move_to_end(data)
             return model
     model = parse_model(data, label)
-    with _SHARED_LOCK:
-        _SHARED_MODELS[data] = model
-        while len(_SHARED_MODELS) > _SHARED_KEEP:
-            _SHARED_MODELS.popitem(last=False)
+    if len(data) <= _SHARED_MAX_BYTES:
+        with _SHARED_LOCK:
+            _SHARED_MODELS[data] = model
+            while (len(_SHARED_MODELS) > _SHARED_KEEP
+                   or sum(len(d) for d in _SHARED_MODELS) > _SHARED_MAX_BYTES):
+                _SHARED_MODELS.popitem(last=False)
     return model
 
 
