@@ -67,11 +67,11 @@ def converter_from_frozen_function(frozen):
     finally:
         absl.setLevel(level)
     graph_def = frozen.graph.as_graph_def()
-    inputs = [t for t in frozen.inputs if t.dtype != tf.resource]
     with _private("TFLiteFrozenGraphConverterV2._freeze_concrete_function"):
         if not hasattr(converter, "_freeze_concrete_function"):
             raise AttributeError("the converter has no method '_freeze_concrete_function'")
-        converter._freeze_concrete_function = lambda: (graph_def, inputs, frozen.outputs, frozen)
+        # no captures, so no resource inputs to leave out (what the converter's own step filters)
+        converter._freeze_concrete_function = lambda: (graph_def, list(frozen.inputs), frozen.outputs, frozen)
     return converter
 
 
