@@ -327,5 +327,6 @@ def test_readers_share_one_parse_and_editors_get_their_own(tiny, monkeypatch):
     assert read_model(data).subgraphs[0].tensors[0].name != b"edited"
     with monkeypatch.context() as m:
         m.setattr(model_file, "_SHARED_MAX_BYTES", len(data) - 1)
+        m.setattr(model_file, "_SHARED_MODELS", type(model_file._SHARED_MODELS)())  # as if nothing was read yet
         big = tiny.wide.read_bytes()
         assert len(big) > len(data) and read_model(big) is not read_model(big)
